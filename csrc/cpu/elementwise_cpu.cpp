@@ -1,0 +1,66 @@
+// CPU loops of the fused elementwise passes, parallelized with torch's intra-op threads.
+// Every output element is written by exactly one iteration, so results do not depend on the
+// number of threads.
+#include <ATen/Parallel.h>
+
+#include "../head_args.h"
+
+namespace obd_fast {
+namespace cpu {
+
+namespace {
+constexpr int64_t kGrain = 2048;
+}
+
+void head_grad(const HeadInputs& in, const at::Tensor& grad_z, const at::Tensor& partials, const at::Tensor& d_target,
+               const at::Tensor& sq) {
+  AT_DISPATCH_FLOATING_TYPES(in.z.scalar_type(), "obd_fast_head_grad_cpu", [&] {
+    const auto a = make_head_args<scalar_t>(in);
+    const head::GradOut<scalar_t> o{grad_z.data_ptr<scalar_t>(), partials.data_ptr<scalar_t>(),
+                                    mut_ptr_or_null<scalar_t>(d_target), mut_ptr_or_null<scalar_t>(sq)};
+    at::parallel_for(0, a.n * a.act, kGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t idx = begin; idx < end; ++idx) head::head_grad_element(a, o, idx);
+    });
+  });
+}
+
+void head_hvp(const HeadInputs& in, const at::Tensor& zdot, const at::Tensor& dir_scalars, const at::Tensor& q,
+              const at::Tensor& partials, const at::Tensor& d_target) {
+  AT_DISPATCH_FLOATING_TYPES(in.z.scalar_type(), "obd_fast_head_hvp_cpu", [&] {
+    const auto a = make_head_args<scalar_t>(in);
+    const head::HvpArgs<scalar_t> h{zdot.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(dir_scalars)};
+    const head::HvpOut<scalar_t> o{q.data_ptr<scalar_t>(), partials.data_ptr<scalar_t>(),
+                                   mut_ptr_or_null<scalar_t>(d_target)};
+    at::parallel_for(0, a.n * a.act, kGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t idx = begin; idx < end; ++idx) head::head_hvp_element(a, h, o, idx);
+    });
+  });
+}
+
+void head_action(const HeadInputs& in, const at::Tensor& actions) {
+  AT_DISPATCH_FLOATING_TYPES(in.z.scalar_type(), "obd_fast_head_action_cpu", [&] {
+    const auto a = make_head_args<scalar_t>(in);
+    scalar_t* out = actions.data_ptr<scalar_t>();
+    at::parallel_for(0, a.n * a.act, kGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t idx = begin; idx < end; ++idx) out[idx] = head::head_action(a, idx / a.act, idx % a.act);
+    });
+  });
+}
+
+void sgd_step(const at::Tensor& theta, const at::Tensor& grad, const at::Tensor& buf, const at::Tensor& theta_next,
+              double lr, double momentum, double weight_decay) {
+  AT_DISPATCH_FLOATING_TYPES(theta.scalar_type(), "obd_fast_sgd_cpu", [&] {
+    const scalar_t* th = theta.data_ptr<scalar_t>();
+    const scalar_t* g = grad.data_ptr<scalar_t>();
+    scalar_t* b = mut_ptr_or_null<scalar_t>(buf);
+    scalar_t* next = theta_next.data_ptr<scalar_t>();
+    const auto lr_ = static_cast<scalar_t>(lr), mom = static_cast<scalar_t>(momentum),
+               wd = static_cast<scalar_t>(weight_decay);
+    at::parallel_for(0, theta.numel(), 16384, [&](int64_t begin, int64_t end) {
+      for (int64_t k = begin; k < end; ++k) head::sgd_element(th, g, b, next, lr_, mom, wd, k);
+    });
+  });
+}
+
+}  // namespace cpu
+}  // namespace obd_fast

@@ -1,0 +1,55 @@
+// The fused elementwise passes of the core, on ATen tensors. Each dispatches on the tensors'
+// device to the CPU loops (cpu/elementwise_cpu.cpp) or the CUDA kernels (cuda/*.cu).
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace obd_fast {
+
+// Tensors of one head evaluation; optional ones are undefined tensors.
+struct HeadInputs {
+  at::Tensor z;        // (n, out)
+  at::Tensor target;   // (n, act)
+  at::Tensor noise;    // (n, act) or undefined
+  at::Tensor weight;   // (n,) or undefined
+  at::Tensor scalars;  // 2-element slice of theta (gaussian head) or undefined
+  double max_action = 1.0;
+  double scale = 1.0;  // 1 / (n * act)
+  int64_t act = 0;
+};
+
+// grad_z (n, out) <- dloss/dz; partials (3, n*act) <- per-element loss, dm, do terms;
+// d_target (n, act) <- dloss/dtarget and sq (n, act) <- scale * diff^2 when defined.
+void head_grad(const HeadInputs& in, const at::Tensor& grad_z, const at::Tensor& partials,
+               const at::Tensor& d_target, const at::Tensor& sq);
+
+// q (n, out) <- dphi/dz; partials (2, n*act) <- dm, do terms; d_target (n, act) += dphi/dtarget.
+void head_hvp(const HeadInputs& in, const at::Tensor& zdot, const at::Tensor& dir_scalars, const at::Tensor& q,
+              const at::Tensor& partials, const at::Tensor& d_target);
+
+// actions (n, act) of the head.
+void head_action(const HeadInputs& in, const at::Tensor& actions);
+
+// theta_next <- theta - lr * (momentum * buf + grad + wd * theta); buf updated when defined.
+void sgd_step(const at::Tensor& theta, const at::Tensor& grad, const at::Tensor& buf, const at::Tensor& theta_next,
+              double lr, double momentum, double weight_decay);
+
+namespace cpu {
+void head_grad(const HeadInputs&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&);
+void head_hvp(const HeadInputs&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+              const at::Tensor&);
+void head_action(const HeadInputs&, const at::Tensor&);
+void sgd_step(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double, double, double);
+}  // namespace cpu
+
+#ifdef OBD_FAST_WITH_CUDA
+namespace cuda {
+void head_grad(const HeadInputs&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&);
+void head_hvp(const HeadInputs&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+              const at::Tensor&);
+void head_action(const HeadInputs&, const at::Tensor&);
+void sgd_step(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double, double, double);
+}  // namespace cuda
+#endif
+
+}  // namespace obd_fast

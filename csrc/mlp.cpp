@@ -1,0 +1,188 @@
+#include "mlp.h"
+
+#include <numeric>
+
+namespace obd_fast {
+
+// ---------------------------------------------------------------------------------------------
+// Gemm
+
+void Gemm::operator()(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) const {
+  if (precision == Precision::kBF16) {
+    const at::Tensor r = at::mm(a.to(at::kBFloat16), b.to(at::kBFloat16));
+    if (accumulate) {
+      out.add_(r);
+    } else {
+      out.copy_(r);
+    }
+    return;
+  }
+  if (accumulate) {
+    out.addmm_(a, b);
+  } else {
+    at::mm_out(const_cast<at::Tensor&>(out), a, b);
+  }
+}
+
+void Gemm::with_bias(const at::Tensor& out, const at::Tensor& bias, const at::Tensor& a, const at::Tensor& b) const {
+  if (precision == Precision::kBF16) {
+    at::add_out(const_cast<at::Tensor&>(out), at::mm(a.to(at::kBFloat16), b.to(at::kBFloat16)).to(out.scalar_type()),
+                bias);
+    return;
+  }
+  at::addmm_out(const_cast<at::Tensor&>(out), bias, a, b);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mlp
+
+Mlp::Mlp(std::vector<int64_t> widths_, bool gaussian_, double max_action_)
+    : widths(std::move(widths_)), gaussian(gaussian_), max_action(max_action_) {
+  TORCH_CHECK(widths.size() >= 3, "obd_fast: the MLP needs at least one hidden layer");
+  act = gaussian ? widths.back() / 2 : widths.back();
+  int64_t offset = 0;
+  for (int64_t l = 0; l < layers(); ++l) {
+    weight_offset.push_back(offset);
+    bias_offset.push_back(offset + widths[l] * widths[l + 1]);
+    offset += widths[l] * widths[l + 1] + widths[l + 1];
+  }
+  head_offset = offset;
+  num_params = offset + (gaussian ? 2 : 0);
+}
+
+int64_t Mlp::hidden_total() const { return std::accumulate(widths.begin() + 1, widths.end() - 1, int64_t{0}); }
+
+at::Tensor Mlp::weight(const at::Tensor& flat, int64_t l) const {
+  return flat.narrow(0, weight_offset[l], widths[l] * widths[l + 1]).view({widths[l + 1], widths[l]});
+}
+
+at::Tensor Mlp::bias(const at::Tensor& flat, int64_t l) const { return flat.narrow(0, bias_offset[l], widths[l + 1]); }
+
+at::Tensor Mlp::scalars(const at::Tensor& flat) const {
+  return gaussian ? flat.narrow(0, head_offset, 2) : at::Tensor();
+}
+
+int64_t Mlp::record_size(int64_t n) const {
+  // hidden activations + dloss/dz of every layer (hidden and out) + z_out
+  return n * (hidden_total() + hidden_total() + widths.back() + widths.back());
+}
+
+StepRecord record_views(const Mlp& mlp, const at::Tensor& slot, int64_t n) {
+  StepRecord rec;
+  int64_t offset = 0;
+  auto take = [&](int64_t width) {
+    at::Tensor v = slot.narrow(0, offset, n * width).view({n, width});
+    offset += n * width;
+    return v;
+  };
+  for (int64_t l = 1; l < mlp.layers(); ++l) rec.act.push_back(take(mlp.widths[l]));
+  for (int64_t l = 1; l <= mlp.layers(); ++l) rec.grad.push_back(take(mlp.widths[l]));
+  rec.z_out = take(mlp.widths.back());
+  return rec;
+}
+
+Workspace::Workspace(const Mlp& mlp, int64_t n, const at::TensorOptions& opts) {
+  for (int64_t l = 1; l <= mlp.layers(); ++l) {
+    tangent.push_back(at::empty({n, mlp.widths[l]}, opts));
+    q.push_back(at::empty({n, mlp.widths[l]}, opts));
+  }
+  partials = at::empty({3, n * mlp.act}, opts);
+}
+
+HeadInputs head_inputs(const Mlp& mlp, const at::Tensor& theta, const LossBatch& batch, const at::Tensor& z_out) {
+  HeadInputs in;
+  in.z = z_out;
+  in.target = batch.target;
+  in.noise = mlp.gaussian ? batch.noise : at::Tensor();
+  in.weight = batch.weight;
+  in.scalars = mlp.scalars(theta);
+  in.max_action = mlp.max_action;
+  in.scale = 1.0 / static_cast<double>(z_out.size(0) * mlp.act);
+  in.act = mlp.act;
+  return in;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward + backward
+
+void loss_grad(const Mlp& mlp, const Gemm& mm, const at::Tensor& theta, const LossBatch& batch, const StepRecord& rec,
+               const at::Tensor& grad, Workspace& ws, const at::Tensor& d_obs, const at::Tensor& d_target,
+               const at::Tensor& sq) {
+  const int64_t L = mlp.layers();
+  // Forward, keeping post-ReLU activations (their sign is the ReLU mask).
+  for (int64_t l = 0; l < L; ++l) {
+    const at::Tensor& in = l == 0 ? batch.obs : rec.act[l - 1];
+    at::Tensor out = l == L - 1 ? rec.z_out : rec.act[l];
+    mm.with_bias(out, mlp.bias(theta, l), in, mlp.weight(theta, l).t());
+    if (l < L - 1) out.relu_();
+  }
+  // Head: dloss/dz_out and the per-element terms of the loss and of dloss/d(m, o).
+  head_grad(head_inputs(mlp, theta, batch, rec.z_out), rec.grad[L - 1], ws.partials, d_target, sq);
+  if (mlp.gaussian) {
+    at::Tensor g_scalars = mlp.scalars(grad);
+    at::sum_out(g_scalars, ws.partials.narrow(0, 1, 2), {1});
+  }
+  // Backward: P_{l-1} = mask_{l-1} * (P_l W_l); weight gradients P_l^T A_{l-1}.
+  for (int64_t l = L - 1; l >= 0; --l) {
+    const at::Tensor& in = l == 0 ? batch.obs : rec.act[l - 1];
+    const at::Tensor& p = rec.grad[l];
+    mm(mlp.weight(grad, l), p.t(), in, false);
+    at::Tensor g_bias = mlp.bias(grad, l);
+    at::sum_out(g_bias, p, {0});
+    if (l > 0) {
+      at::Tensor p_prev = rec.grad[l - 1];
+      mm(p_prev, p, mlp.weight(theta, l), false);
+      at::threshold_backward_out(p_prev, p_prev, rec.act[l - 1], 0);
+    } else if (d_obs.defined()) {
+      mm(d_obs, p, mlp.weight(theta, 0), false);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hessian-vector pass
+
+void hessian_vector(const Mlp& mlp, const Gemm& mm, const at::Tensor& theta, const at::Tensor& u,
+                    const LossBatch& batch, const StepRecord& rec, const at::Tensor& hu, const at::Tensor& d_obs,
+                    const at::Tensor& d_target, Workspace& ws) {
+  const int64_t L = mlp.layers();
+  // Tangent forward along u: Zdot_l = A_{l-1} U_l^T + c_l + Adot_{l-1} W_l^T, Adot_l = mask_l * Zdot_l.
+  for (int64_t l = 0; l < L; ++l) {
+    const at::Tensor& in = l == 0 ? batch.obs : rec.act[l - 1];
+    at::Tensor zdot = ws.tangent[l];
+    mm.with_bias(zdot, mlp.bias(u, l), in, mlp.weight(u, l).t());
+    if (l > 0) mm(zdot, ws.tangent[l - 1], mlp.weight(theta, l).t(), true);
+    if (l < L - 1) at::threshold_backward_out(zdot, zdot, rec.act[l], 0);  // now Adot_l
+  }
+  // Head: Q_L from the head's second derivatives, and the (m, o) entries of H u.
+  at::Tensor head_partials = ws.partials.narrow(0, 0, 2);
+  head_hvp(head_inputs(mlp, theta, batch, rec.z_out), ws.tangent[L - 1], mlp.scalars(u), ws.q[L - 1],
+           head_partials, d_target);
+  if (mlp.gaussian) {
+    at::Tensor hu_scalars = mlp.scalars(hu);
+    at::sum_out(hu_scalars, head_partials, {1});
+  }
+  // Reverse over both streams: (H u)_{W_l} = Q_l^T A_{l-1} + P_l^T Adot_{l-1},
+  // Q_{l-1} = mask_{l-1} * (Q_l W_l + P_l U_l); at the input d obs += Q_1 W_1 + P_1 U_1.
+  for (int64_t l = L - 1; l >= 0; --l) {
+    const at::Tensor& in = l == 0 ? batch.obs : rec.act[l - 1];
+    const at::Tensor& q = ws.q[l];
+    const at::Tensor& p = rec.grad[l];
+    const at::Tensor hw = mlp.weight(hu, l);
+    mm(hw, q.t(), in, false);
+    if (l > 0) mm(hw, p.t(), ws.tangent[l - 1], true);
+    at::Tensor hb = mlp.bias(hu, l);
+    at::sum_out(hb, q, {0});
+    if (l > 0) {
+      at::Tensor q_prev = ws.q[l - 1];
+      mm(q_prev, q, mlp.weight(theta, l), false);
+      mm(q_prev, p, mlp.weight(u, l), true);
+      at::threshold_backward_out(q_prev, q_prev, rec.act[l - 1], 0);
+    } else if (d_obs.defined()) {
+      mm(d_obs, q, mlp.weight(theta, 0), true);
+      mm(d_obs, p, mlp.weight(u, 0), true);
+    }
+  }
+}
+
+}  // namespace obd_fast

@@ -1,0 +1,84 @@
+// The policy MLP over a flat parameter vector, and its three passes on ATen tensors:
+// forward + backward (the inner gradient, keeping activations), and the Hessian-vector pass of
+// DESIGN.md's "reverse pass, by hand". Written against ATen only, so the same code drives CPU
+// tensors (MKL/oneDNN products) and CUDA tensors (cuBLAS products).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <vector>
+
+#include "elementwise.h"
+
+namespace obd_fast {
+
+enum class Precision : int64_t { kNative = 0, kBF16 = 1 };
+
+// Matrix products with an optional bf16 operand precision (float32 accumulation and outputs).
+struct Gemm {
+  Precision precision = Precision::kNative;
+  // out = a @ b, or out += a @ b when accumulate.
+  void operator()(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) const;
+  // out = bias + a @ b.
+  void with_bias(const at::Tensor& out, const at::Tensor& bias, const at::Tensor& a, const at::Tensor& b) const;
+};
+
+// Layer shapes and offsets into theta (DESIGN.md's flat layout).
+struct Mlp {
+  std::vector<int64_t> widths;  // obs_dim, hidden..., out_dim
+  bool gaussian = true;
+  double max_action = 1.0;
+  int64_t act = 0;
+  std::vector<int64_t> weight_offset, bias_offset;
+  int64_t head_offset = 0, num_params = 0;
+
+  Mlp(std::vector<int64_t> widths, bool gaussian, double max_action);
+  int64_t layers() const { return static_cast<int64_t>(widths.size()) - 1; }
+  int64_t hidden_total() const;  // sum of the hidden widths
+  at::Tensor weight(const at::Tensor& flat, int64_t l) const;  // (out, in) view
+  at::Tensor bias(const at::Tensor& flat, int64_t l) const;
+  at::Tensor scalars(const at::Tensor& flat) const;  // {multiplier, offset} view, undefined for tanh
+  // Floats stored per inner step for n rows: hidden activations, every layer's dloss/dz, z_out.
+  int64_t record_size(int64_t n) const;
+};
+
+// Views into one step's slot of the tape.
+struct StepRecord {
+  std::vector<at::Tensor> act;   // A_l, l = 1 .. L-1, (n, hidden_l) post-ReLU
+  std::vector<at::Tensor> grad;  // P_l, l = 1 .. L, (n, width_l) dloss/dz_l
+  at::Tensor z_out;              // (n, out) last layer's output
+};
+StepRecord record_views(const Mlp& mlp, const at::Tensor& slot, int64_t n);
+
+// The per-row data of one loss evaluation.
+struct LossBatch {
+  at::Tensor obs;     // (n, obs_dim)
+  at::Tensor target;  // (n, act)
+  at::Tensor noise;   // (n, act) or undefined
+  at::Tensor weight;  // (n,) or undefined
+};
+
+// Scratch buffers for n rows, allocated once per op call.
+struct Workspace {
+  std::vector<at::Tensor> tangent;  // Zdot_l / Adot_l, (n, width_l)
+  std::vector<at::Tensor> q;        // Q_l, (n, width_l)
+  at::Tensor partials;              // (3, n * act)
+  Workspace(const Mlp& mlp, int64_t n, const at::TensorOptions& opts);
+};
+
+// Forward and backward of the weighted BC loss at theta; fills rec and grad (num_params) and
+// leaves the per-element loss terms in ws.partials[0]. Optional outputs: d_obs, d_target, sq
+// (scale * diff^2 per element, for the weight gradient).
+void loss_grad(const Mlp& mlp, const Gemm& mm, const at::Tensor& theta, const LossBatch& batch, const StepRecord& rec,
+               const at::Tensor& grad, Workspace& ws, const at::Tensor& d_obs = {}, const at::Tensor& d_target = {},
+               const at::Tensor& sq = {});
+
+// hu <- H(theta) u, d_obs += d<grad, u>/d obs, d_target += d<grad, u>/d target, from a record
+// that loss_grad filled at the same theta.
+void hessian_vector(const Mlp& mlp, const Gemm& mm, const at::Tensor& theta, const at::Tensor& u,
+                    const LossBatch& batch, const StepRecord& rec, const at::Tensor& hu, const at::Tensor& d_obs,
+                    const at::Tensor& d_target, Workspace& ws);
+
+HeadInputs head_inputs(const Mlp& mlp, const at::Tensor& theta, const LossBatch& batch, const at::Tensor& z_out);
+
+}  // namespace obd_fast

@@ -1,0 +1,125 @@
+#include "unroll.h"
+
+namespace obd_fast {
+
+namespace {
+
+LossBatch inner_batch(const at::Tensor& syn_obs, const at::Tensor& syn_act, const at::Tensor& noise, int64_t t) {
+  return LossBatch{syn_obs, syn_act, noise.defined() ? noise.select(0, t) : at::Tensor(), at::Tensor()};
+}
+
+// Inner steps t0 .. t1-1. thetas[0] holds theta_{t0} on entry; thetas[k] receives theta_{t0+k}.
+// records holds one slot per step, or a single slot reused by every step.
+void run_segment(const Mlp& mlp, const Gemm& mm, const InnerConfig& cfg, const at::Tensor& syn_obs,
+                 const at::Tensor& syn_act, const at::Tensor& noise, int64_t t0, int64_t t1, const at::Tensor& thetas,
+                 const at::Tensor& records, const at::Tensor& buf, const at::Tensor& grad, Workspace& ws) {
+  const int64_t n = syn_obs.size(0);
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t k = t - t0;
+    const StepRecord rec = record_views(mlp, records.select(0, records.size(0) == 1 ? 0 : k), n);
+    const at::Tensor theta = thetas.select(0, k);
+    loss_grad(mlp, mm, theta, inner_batch(syn_obs, syn_act, noise, t), rec, grad, ws);
+    sgd_step(theta, grad, buf, thetas.select(0, k + 1), cfg.lr, cfg.momentum, cfg.weight_decay);
+  }
+}
+
+// Adjoint state of the reverse phase.
+struct Adjoint {
+  at::Tensor theta;  // a_t: adjoint of theta_t
+  at::Tensor buf;    // adjoint of the last update direction (momentum only)
+  at::Tensor u, hu;  // scratch: the direction and H u
+  at::Tensor d_obs, d_act;
+};
+
+// Reverse over steps t1-1 .. t0 whose thetas (row t - t0) and records (slot t - t0) are kept.
+void reverse_segment(const Mlp& mlp, const Gemm& mm, const InnerConfig& cfg, const at::Tensor& syn_obs,
+                     const at::Tensor& syn_act, const at::Tensor& noise, int64_t t0, int64_t t1,
+                     const at::Tensor& thetas, const at::Tensor& records, Adjoint& adj, Workspace& ws) {
+  const int64_t n = syn_obs.size(0);
+  for (int64_t t = t1 - 1; t >= t0; --t) {
+    const int64_t k = t - t0;
+    // u_t = momentum * u_{t+1} - lr * a_{t+1}: the adjoint of step t's update direction.
+    adj.u.copy_(adj.theta).mul_(-cfg.lr);
+    if (cfg.momentum != 0.0) adj.u.add_(adj.buf, cfg.momentum);
+    const StepRecord rec = record_views(mlp, records.select(0, k), n);
+    hessian_vector(mlp, mm, thetas.select(0, k), adj.u, inner_batch(syn_obs, syn_act, noise, t), rec, adj.hu,
+                   adj.d_obs, adj.d_act, ws);
+    // a_t = a_{t+1} + (H_t + weight_decay) u_t
+    adj.theta.add_(adj.hu);
+    if (cfg.weight_decay != 0.0) adj.theta.add_(adj.u, cfg.weight_decay);
+    if (cfg.momentum != 0.0) adj.buf.copy_(adj.u);
+  }
+}
+
+}  // namespace
+
+UnrollTape unroll_forward(const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& theta0, const at::Tensor& syn_obs,
+                          const at::Tensor& syn_act, const at::Tensor& noise) {
+  const auto opts = theta0.options();
+  const int64_t P = mlp.num_params, n = syn_obs.size(0), R = mlp.record_size(n), T = cfg.steps;
+  const Gemm mm{cfg.precision};
+  Workspace ws(mlp, n, opts);
+  at::Tensor grad = at::empty({P}, opts);
+  at::Tensor buf = cfg.momentum != 0.0 ? at::zeros({P}, opts) : at::Tensor();
+  UnrollTape tape;
+  if (cfg.keep_all()) {
+    tape.thetas = at::empty({T + 1, P}, opts);
+    tape.records = at::empty({T, R}, opts);
+    tape.thetas.select(0, 0).copy_(theta0);
+    run_segment(mlp, mm, cfg, syn_obs, syn_act, noise, 0, T, tape.thetas, tape.records, buf, grad, ws);
+    tape.theta_T = tape.thetas.select(0, T);
+    return tape;
+  }
+  const int64_t k = cfg.checkpoint_every, C = cfg.checkpoints();
+  tape.ck_thetas = at::empty({C, P}, opts);
+  if (buf.defined()) tape.ck_bufs = at::empty({C, P}, opts);
+  at::Tensor seg_thetas = at::empty({k + 1, P}, opts);
+  at::Tensor scratch_record = at::empty({1, R}, opts);
+  seg_thetas.select(0, 0).copy_(theta0);
+  for (int64_t c = 0; c < C; ++c) {
+    const int64_t t0 = c * k, t1 = std::min(T, t0 + k);
+    tape.ck_thetas.select(0, c).copy_(seg_thetas.select(0, 0));
+    if (buf.defined()) tape.ck_bufs.select(0, c).copy_(buf);
+    run_segment(mlp, mm, cfg, syn_obs, syn_act, noise, t0, t1, seg_thetas, scratch_record, buf, grad, ws);
+    seg_thetas.select(0, 0).copy_(seg_thetas.select(0, t1 - t0));
+  }
+  tape.theta_T = seg_thetas.select(0, 0).clone();
+  return tape;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> unroll_backward(const Mlp& mlp, const InnerConfig& cfg,
+                                                               const UnrollTape& tape, const at::Tensor& syn_obs,
+                                                               const at::Tensor& syn_act, const at::Tensor& noise,
+                                                               const at::Tensor& grad_theta_T) {
+  const auto opts = syn_obs.options();
+  const int64_t P = mlp.num_params, n = syn_obs.size(0), T = cfg.steps;
+  const Gemm mm{cfg.precision};
+  Workspace ws(mlp, n, opts);
+  Adjoint adj;
+  adj.theta = grad_theta_T.clone();
+  adj.buf = cfg.momentum != 0.0 ? at::zeros({P}, opts) : at::Tensor();
+  adj.u = at::empty({P}, opts);
+  adj.hu = at::empty({P}, opts);
+  adj.d_obs = at::zeros_like(syn_obs);
+  adj.d_act = at::zeros_like(syn_act);
+  if (cfg.keep_all()) {
+    reverse_segment(mlp, mm, cfg, syn_obs, syn_act, noise, 0, T, tape.thetas, tape.records, adj, ws);
+    return {adj.theta, adj.d_obs, adj.d_act};
+  }
+  // Checkpointed: recompute each segment's forward from its checkpoint, then reverse it.
+  const int64_t k = cfg.checkpoint_every;
+  at::Tensor seg_thetas = at::empty({k + 1, P}, opts);
+  at::Tensor seg_records = at::empty({k, mlp.record_size(n)}, opts);
+  at::Tensor grad = at::empty({P}, opts);
+  at::Tensor buf = tape.ck_bufs.defined() ? at::empty({P}, opts) : at::Tensor();
+  for (int64_t c = cfg.checkpoints() - 1; c >= 0; --c) {
+    const int64_t t0 = c * k, t1 = std::min(T, t0 + k);
+    seg_thetas.select(0, 0).copy_(tape.ck_thetas.select(0, c));
+    if (buf.defined()) buf.copy_(tape.ck_bufs.select(0, c));
+    run_segment(mlp, mm, cfg, syn_obs, syn_act, noise, t0, t1, seg_thetas, seg_records, buf, grad, ws);
+    reverse_segment(mlp, mm, cfg, syn_obs, syn_act, noise, t0, t1, seg_thetas, seg_records, adj, ws);
+  }
+  return {adj.theta, adj.d_obs, adj.d_act};
+}
+
+}  // namespace obd_fast

@@ -1,0 +1,38 @@
+// The unrolled inner loop (forward phase keeping what the reverse needs, or only checkpoints)
+// and its reverse by the P/Q recursion; the outer loss; the whole meta-gradient.
+#pragma once
+
+#include <tuple>
+
+#include "mlp.h"
+
+namespace obd_fast {
+
+struct InnerConfig {
+  int64_t steps = 1;
+  double lr = 0.1, momentum = 0.0, weight_decay = 0.0;
+  int64_t checkpoint_every = 0;  // 0: keep every step's activations; k: keep theta every k steps
+  Precision precision = Precision::kNative;
+  bool keep_all() const { return checkpoint_every == 0; }
+  int64_t checkpoints() const { return (steps + checkpoint_every - 1) / checkpoint_every; }
+};
+
+// What the forward phase leaves for the reverse. Unused members are undefined.
+struct UnrollTape {
+  at::Tensor theta_T;    // (P,)
+  at::Tensor thetas;     // keep_all: (T + 1, P), theta_0 .. theta_T
+  at::Tensor records;    // keep_all: (T, record_size)
+  at::Tensor ck_thetas;  // checkpointed: (C, P), theta at steps 0, k, 2k, ...
+  at::Tensor ck_bufs;    // checkpointed with momentum: (C, P), momentum buffer before those steps
+};
+
+UnrollTape unroll_forward(const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& theta0, const at::Tensor& syn_obs,
+                          const at::Tensor& syn_act, const at::Tensor& noise);
+
+// (d theta_0, d syn_obs, d syn_act) of <grad_theta_T, theta_T>.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> unroll_backward(const Mlp& mlp, const InnerConfig& cfg,
+                                                               const UnrollTape& tape, const at::Tensor& syn_obs,
+                                                               const at::Tensor& syn_act, const at::Tensor& noise,
+                                                               const at::Tensor& grad_theta_T);
+
+}  // namespace obd_fast

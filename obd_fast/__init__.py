@@ -1,0 +1,17 @@
+"""obd-fast: offline behavior distillation with fused CPU/CUDA meta-gradients.
+
+The core (DESIGN.md's public contract): a policy is a flat parameter vector laid out by a
+:class:`PolicySpec`; :func:`unroll_bc` trains it by SGD on synthetic pairs and is differentiable
+through every step; :func:`weighted_bc_loss` is the outer objective; :func:`meta_gradient` does
+both at once.
+"""
+from ._extension import available as fused_available, build_info
+from .ops import meta_gradient, policy_forward, unroll_bc, weighted_bc_loss
+from .policy import PolicyModule, PolicySpec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PolicySpec", "PolicyModule", "unroll_bc", "weighted_bc_loss", "meta_gradient", "policy_forward",
+    "fused_available", "build_info", "__version__",
+]

@@ -1,0 +1,57 @@
+"""Loads the compiled extension obd_fast._C, or records why it could not be loaded."""
+from __future__ import annotations
+
+import warnings
+from typing import Optional
+
+import torch
+
+_load_error: Optional[str] = None
+try:
+    from . import _C  # noqa: F401  (importing registers the torch.ops.obd_fast ops)
+except Exception as exc:  # ImportError, or an undefined symbol from a torch version mismatch
+    _load_error = f"{type(exc).__name__}: {exc}"
+
+_warned = False
+
+
+def available() -> bool:
+    return _load_error is None
+
+
+def build_info() -> str:
+    """"cpu" or "cpu+cuda" when loaded, else why not."""
+    if _load_error is not None:
+        return f"unavailable ({_load_error})"
+    return torch.ops.obd_fast.build_info()
+
+
+def supports(device: torch.device) -> bool:
+    if _load_error is not None:
+        return False
+    if device.type == "cpu":
+        return True
+    return device.type == "cuda" and "cuda" in torch.ops.obd_fast.build_info()
+
+
+def unavailable_reason(device: torch.device) -> str:
+    if _load_error is not None:
+        return (f"the compiled extension obd_fast._C could not be loaded ({_load_error}); "
+                "reinstall with `pip install --no-build-isolation -e .`")
+    return f"obd_fast._C was built without support for {device.type} tensors (build: {build_info()})"
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """'auto' -> 'fused' when the extension handles this device, else 'reference' (warning once)."""
+    global _warned
+    if backend == "reference":
+        return backend
+    if supports(device):
+        return "fused"
+    if backend == "fused":
+        raise RuntimeError(f"backend='fused' is unavailable: {unavailable_reason(device)}")
+    if not _warned:
+        warnings.warn(f"obd_fast: falling back to backend='reference': {unavailable_reason(device)}",
+                      RuntimeWarning, stacklevel=3)
+        _warned = True
+    return "reference"

@@ -1,0 +1,137 @@
+"""Input validation shared by every backend: one place that says what the core ops accept.
+
+Every failure is a ``ValueError`` that names the argument and what was expected.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Union
+
+import torch
+
+from .policy import PolicySpec
+
+FLOAT_DTYPES = (torch.float32, torch.float64)
+BACKENDS = ("auto", "fused", "reference")
+PRECISIONS = ("native", "bf16")
+
+NoiseArg = Union[None, torch.Tensor, Sequence[torch.Tensor]]
+
+
+def check_spec(spec) -> None:
+    if not isinstance(spec, PolicySpec):
+        raise ValueError(f"spec must be an obd_fast.PolicySpec, got {type(spec).__name__}")
+
+
+def check_tensor(name: str, t, shape, like: Optional[torch.Tensor] = None, check_finite: bool = True) -> None:
+    """``shape`` entries of None accept any size."""
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name} must be float32 or float64, got {t.dtype}")
+    if t.dim() != len(shape) or any(s is not None and s != d for s, d in zip(shape, t.shape)):
+        want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+        raise ValueError(f"{name} must have shape {want}, got {tuple(t.shape)}")
+    if t.numel() == 0 and t.dim() > 1:
+        raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); at least one row is needed")
+    if like is not None:
+        if t.dtype != like.dtype:
+            raise ValueError(f"{name} has dtype {t.dtype} but theta has {like.dtype}; all tensors must share one dtype")
+        if t.device != like.device:
+            raise ValueError(f"{name} is on {t.device} but theta is on {like.device}; all tensors must be on one device")
+    if check_finite and not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or Inf)")
+
+
+def check_scalar(name: str, value, *, minimum: float, strict: bool, maximum: Optional[float] = None) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    ok = math.isfinite(v) and (v > minimum if strict else v >= minimum) and (maximum is None or v < maximum)
+    if not ok:
+        rel = ">" if strict else ">="
+        upper = f" and < {maximum}" if maximum is not None else ""
+        raise ValueError(f"{name} must be finite and {rel} {minimum}{upper}, got {value!r}")
+    return v
+
+
+def check_steps(steps) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    return steps
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
+def check_checkpoint_every(k, steps: int) -> Optional[int]:
+    if k is None:
+        return None
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"checkpoint_every must be None or an int >= 1, got {k!r}")
+    return min(k, steps)
+
+
+def inner_noise(spec: PolicySpec, noise: NoiseArg, steps: int, n: int, like: torch.Tensor,
+                name: str = "noise") -> Optional[torch.Tensor]:
+    """The inner loop's noise as one (steps, N, act_dim) tensor, or None (deterministic head)."""
+    if noise is None:
+        return None
+    if spec.head != "gaussian":
+        raise ValueError(f"{name} must be None for the {spec.head!r} head (it has no sampling)")
+    if isinstance(noise, (list, tuple)):
+        if len(noise) != steps:
+            raise ValueError(f"{name} must hold one (N, act_dim) tensor per inner step ({steps}), got {len(noise)}")
+        for t, e in enumerate(noise):
+            check_tensor(f"{name}[{t}]", e, (n, spec.act_dim), like)
+        return torch.stack(list(noise))
+    check_tensor(name, noise, (steps, n, spec.act_dim), like)
+    return noise
+
+
+def outer_noise(spec: PolicySpec, noise: Optional[torch.Tensor], b: int, like: torch.Tensor,
+                name: str = "noise") -> Optional[torch.Tensor]:
+    if noise is None:
+        return None
+    if spec.head != "gaussian":
+        raise ValueError(f"{name} must be None for the {spec.head!r} head (it has no sampling)")
+    check_tensor(name, noise, (b, spec.act_dim), like)
+    return noise
+
+
+def check_unroll_args(theta0, syn_obs, syn_act, spec, steps, lr, momentum, weight_decay, noise,
+                      noise_name: str = "noise"):
+    """Validate the inner problem; returns (steps, lr, momentum, weight_decay, noise)."""
+    check_spec(spec)
+    check_tensor("theta0", theta0, (spec.num_params,))
+    check_tensor("syn_obs", syn_obs, (None, spec.obs_dim), theta0)
+    n = syn_obs.shape[0]
+    check_tensor("syn_act", syn_act, (n, spec.act_dim), theta0)
+    steps = check_steps(steps)
+    lr = check_scalar("lr", lr, minimum=0.0, strict=True)
+    momentum = check_scalar("momentum", momentum, minimum=0.0, strict=False, maximum=1.0)
+    weight_decay = check_scalar("weight_decay", weight_decay, minimum=0.0, strict=False)
+    noise = inner_noise(spec, noise, steps, n, theta0, noise_name)
+    return steps, lr, momentum, weight_decay, noise
+
+
+def check_loss_args(theta, spec, obs, target, weight, noise, theta_name: str = "theta", noise_name: str = "noise"):
+    check_spec(spec)
+    check_tensor(theta_name, theta, (spec.num_params,))
+    check_tensor("obs", obs, (None, spec.obs_dim), theta)
+    b = obs.shape[0]
+    check_tensor("target", target, (b, spec.act_dim), theta)
+    if weight is not None:
+        check_tensor("weight", weight, (b,), theta)
+    return outer_noise(spec, noise, b, theta, noise_name)

@@ -1,0 +1,88 @@
+"""Autograd wrappers around the compiled ops (torch.ops.obd_fast.*, registered by csrc/ops.cpp)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .policy import PolicySpec
+
+PRECISION_CODE = {"native": 0, "bf16": 1}
+
+
+@dataclass(frozen=True)
+class InnerConfig:
+    steps: int
+    lr: float
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    checkpoint_every: Optional[int] = None
+    precision: str = "native"
+
+    def op_args(self):
+        return (self.steps, self.lr, self.momentum, self.weight_decay, self.checkpoint_every or 0,
+                PRECISION_CODE[self.precision])
+
+
+def spec_args(spec: PolicySpec):
+    return (list(spec.widths), spec.head == "gaussian", spec.max_action)
+
+
+class FusedUnroll(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, theta0, syn_obs, syn_act, noise, spec: PolicySpec, cfg: InnerConfig):
+        tape = torch.ops.obd_fast.unroll_forward(theta0, syn_obs, syn_act, noise, *spec_args(spec), *cfg.op_args())
+        ctx.spec, ctx.cfg, ctx.has_noise = spec, cfg, noise is not None
+        ctx.save_for_backward(syn_obs, syn_act, noise if noise is not None else syn_obs.new_empty(0), *tape)
+        return tape[0].clone()  # a fresh tensor: the tape itself stays private
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_theta_T):
+        syn_obs, syn_act, noise, *tape = ctx.saved_tensors
+        d_theta0, d_obs, d_act = torch.ops.obd_fast.unroll_backward(
+            tape, syn_obs, syn_act, noise if ctx.has_noise else None, *spec_args(ctx.spec), *ctx.cfg.op_args(),
+            grad_theta_T.contiguous())
+        needs = ctx.needs_input_grad
+        return (d_theta0 if needs[0] else None, d_obs if needs[1] else None, d_act if needs[2] else None,
+                None, None, None)
+
+
+class FusedWeightedLoss(torch.autograd.Function):
+    """The loss and all requested gradients come from one fused pass; backward only scales them."""
+
+    @staticmethod
+    def forward(ctx, theta, obs, target, weight, noise, spec: PolicySpec, precision: str):
+        needs = [int(x) for x in ctx.needs_input_grad[:4]]
+        needs[3] = int(needs[3] and weight is not None)
+        loss, *grads = torch.ops.obd_fast.weighted_loss(theta, obs, target, weight, noise, *spec_args(spec), needs,
+                                                        PRECISION_CODE[precision])
+        ctx.needs = needs
+        ctx.save_for_backward(*grads)
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss):
+        grads = ctx.saved_tensors
+        out = [g * grad_loss if need else None for g, need in zip(grads, ctx.needs)]
+        return (*out, None, None, None)
+
+
+def unroll_bc(theta0, syn_obs, syn_act, spec, noise, cfg: InnerConfig):
+    return FusedUnroll.apply(theta0, syn_obs, syn_act, noise, spec, cfg)
+
+
+def weighted_bc_loss(theta, spec, obs, target, weight, noise, precision):
+    return FusedWeightedLoss.apply(theta, obs, target, weight, noise, spec, precision)
+
+
+def meta_gradient(theta0, syn_obs, syn_act, spec, obs, target, weight, inner_noise, outer_noise, cfg: InnerConfig):
+    loss, d_obs, d_act = torch.ops.obd_fast.meta_gradient(theta0, syn_obs, syn_act, inner_noise, obs, target, weight,
+                                                          outer_noise, *spec_args(spec), *cfg.op_args())
+    return loss, d_obs, d_act
+
+
+def policy_forward(theta, obs, spec, noise=None):
+    return torch.ops.obd_fast.policy_forward(theta, obs, noise, *spec_args(spec))

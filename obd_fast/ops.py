@@ -1,0 +1,91 @@
+"""The core ops of DESIGN.md's public contract, with backend dispatch.
+
+``backend="fused"`` runs the compiled C++/CUDA implementation, ``"reference"`` the paper-style
+autograd one, ``"auto"`` the fused one whenever the extension handles the tensors' device.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from . import checks, fused, reference
+from ._extension import resolve_backend
+from .policy import PolicySpec
+
+
+def _fused_options(backend: str, precision: str, dtype: torch.dtype) -> None:
+    checks.check_precision(precision)
+    if precision == "bf16":
+        if backend != "fused":
+            raise ValueError("precision='bf16' needs backend='fused' (the reference backend computes in the input dtype)")
+        if dtype != torch.float32:
+            raise ValueError(f"precision='bf16' needs float32 tensors, got {dtype}")
+
+
+def unroll_bc(theta0: torch.Tensor, syn_obs: torch.Tensor, syn_act: torch.Tensor, spec: PolicySpec, *, steps: int,
+              lr: float, momentum: float = 0.0, weight_decay: float = 0.0, noise=None, backend: str = "auto",
+              checkpoint_every: Optional[int] = None, precision: str = "native") -> torch.Tensor:
+    """theta_T after ``steps`` SGD steps of BC on (syn_obs, syn_act) from theta0.
+
+    Differentiable w.r.t. theta0, syn_obs and syn_act. ``noise`` is None (deterministic head) or,
+    for the gaussian head, one (N, act_dim) sample per step: a (steps, N, act_dim) tensor or a list.
+    ``checkpoint_every=k`` (fused) keeps theta every k steps and recomputes activations in the
+    backward; ``precision="bf16"`` (fused, float32) runs the matrix products in bfloat16.
+    """
+    steps, lr, momentum, weight_decay, noise = checks.check_unroll_args(
+        theta0, syn_obs, syn_act, spec, steps, lr, momentum, weight_decay, noise)
+    backend = resolve_backend(checks.check_backend(backend), theta0.device)
+    _fused_options(backend, precision, theta0.dtype)
+    checkpoint_every = checks.check_checkpoint_every(checkpoint_every, steps)
+    if backend == "reference":
+        return reference.unroll_bc(theta0, syn_obs, syn_act, spec, steps, lr, momentum, weight_decay, noise)
+    cfg = fused.InnerConfig(steps, lr, momentum, weight_decay, checkpoint_every, precision)
+    return fused.unroll_bc(theta0, syn_obs, syn_act, spec, noise, cfg)
+
+
+def weighted_bc_loss(theta: torch.Tensor, spec: PolicySpec, obs: torch.Tensor, target: torch.Tensor,
+                     weight: Optional[torch.Tensor] = None, noise: Optional[torch.Tensor] = None, *,
+                     backend: str = "auto", precision: str = "native") -> torch.Tensor:
+    """mean_{b,j} w_b (pi_theta(obs_b)_j - target_bj)^2, a scalar differentiable w.r.t. theta
+    (and obs, target, weight)."""
+    noise = checks.check_loss_args(theta, spec, obs, target, weight, noise)
+    backend = resolve_backend(checks.check_backend(backend), theta.device)
+    _fused_options(backend, precision, theta.dtype)
+    if backend == "reference":
+        return reference.bc_loss(theta, spec, obs, target, weight, noise)
+    return fused.weighted_bc_loss(theta, spec, obs, target, weight, noise, precision)
+
+
+def meta_gradient(theta0: torch.Tensor, syn_obs: torch.Tensor, syn_act: torch.Tensor, spec: PolicySpec,
+                  obs: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None, *, steps: int,
+                  lr: float, momentum: float = 0.0, weight_decay: float = 0.0, inner_noise=None,
+                  outer_noise: Optional[torch.Tensor] = None, backend: str = "auto",
+                  checkpoint_every: Optional[int] = None,
+                  precision: str = "native") -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(H, dH/d syn_obs, dH/d syn_act) for H = weighted_bc_loss(unroll_bc(theta0, ...), obs, target, weight)."""
+    steps, lr, momentum, weight_decay, inner_noise = checks.check_unroll_args(
+        theta0, syn_obs, syn_act, spec, steps, lr, momentum, weight_decay, inner_noise, "inner_noise")
+    outer_noise = checks.check_loss_args(theta0, spec, obs, target, weight, outer_noise, "theta0", "outer_noise")
+    backend = resolve_backend(checks.check_backend(backend), theta0.device)
+    _fused_options(backend, precision, theta0.dtype)
+    checkpoint_every = checks.check_checkpoint_every(checkpoint_every, steps)
+    with torch.no_grad():
+        if backend == "reference":
+            return reference.meta_gradient(theta0, syn_obs, syn_act, spec, obs, target, weight, steps, lr, momentum,
+                                           weight_decay, inner_noise, outer_noise)
+        cfg = fused.InnerConfig(steps, lr, momentum, weight_decay, checkpoint_every, precision)
+        return fused.meta_gradient(theta0, syn_obs, syn_act, spec, obs, target, weight, inner_noise, outer_noise, cfg)
+
+
+def policy_forward(theta: torch.Tensor, obs: torch.Tensor, spec: PolicySpec, noise: Optional[torch.Tensor] = None,
+                   *, backend: str = "auto") -> torch.Tensor:
+    """Actions of the policy (no autograd on the fused path: for evaluation and rollouts)."""
+    checks.check_spec(spec)
+    checks.check_tensor("theta", theta, (spec.num_params,))
+    checks.check_tensor("obs", obs, (None, spec.obs_dim), theta)
+    noise = checks.outer_noise(spec, noise, obs.shape[0], theta)
+    backend = resolve_backend(checks.check_backend(backend), theta.device)
+    if backend == "reference":
+        return spec.forward(theta, obs, noise)
+    return fused.policy_forward(theta, obs, spec, noise)
