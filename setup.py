@@ -27,14 +27,14 @@ def want_cuda() -> bool:
 def extension():
     rel = lambda paths: sorted(os.path.relpath(p, ROOT) for p in paths)
     sources = rel(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")) + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))
-    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    cxx = ["-O3", "-fopenmp"]
     if os.environ.get("OBD_FAST_DEBUG"):
-        cxx = ["-O0", "-g", "-std=c++17", "-fopenmp"]
+        cxx = ["-O0", "-g", "-fopenmp"]
     if want_cuda():
         sources += rel(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cpp")) + glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
         return cpp_extension.CUDAExtension(
             "obd_fast._C", sources,
-            extra_compile_args={"cxx": cxx + ["-DOBD_FAST_WITH_CUDA"], "nvcc": ["-O3", "-std=c++17", "-DOBD_FAST_WITH_CUDA"]},
+            extra_compile_args={"cxx": cxx + ["-DOBD_FAST_WITH_CUDA"], "nvcc": ["-O3", "-DOBD_FAST_WITH_CUDA"]},
             extra_link_args=["-fopenmp"],
         )
     return cpp_extension.CppExtension("obd_fast._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])

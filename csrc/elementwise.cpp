@@ -41,4 +41,9 @@ void sgd_step(const at::Tensor& theta, const at::Tensor& grad, const at::Tensor&
   OBD_DISPATCH(sgd_step, theta, theta, grad, buf, theta_next, lr, momentum, weight_decay);
 }
 
+void adjoint_step(const at::Tensor& a, const at::Tensor& hu, const at::Tensor& u, double lr, double momentum,
+                  double weight_decay) {
+  OBD_DISPATCH(adjoint_step, a, a, hu, u, lr, momentum, weight_decay);
+}
+
 }  // namespace obd_fast

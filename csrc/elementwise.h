@@ -34,12 +34,17 @@ void head_action(const HeadInputs& in, const at::Tensor& actions);
 void sgd_step(const at::Tensor& theta, const at::Tensor& grad, const at::Tensor& buf, const at::Tensor& theta_next,
               double lr, double momentum, double weight_decay);
 
+// a += hu + weight_decay * u; u <- momentum * u - lr * a (head_math.h's adjoint_element).
+void adjoint_step(const at::Tensor& a, const at::Tensor& hu, const at::Tensor& u, double lr, double momentum,
+                  double weight_decay);
+
 namespace cpu {
 void head_grad(const HeadInputs&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&);
 void head_hvp(const HeadInputs&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
               const at::Tensor&);
 void head_action(const HeadInputs&, const at::Tensor&);
 void sgd_step(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double, double, double);
+void adjoint_step(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, double, double);
 }  // namespace cpu
 
 #ifdef OBD_FAST_WITH_CUDA
@@ -49,6 +54,7 @@ void head_hvp(const HeadInputs&, const at::Tensor&, const at::Tensor&, const at:
               const at::Tensor&);
 void head_action(const HeadInputs&, const at::Tensor&);
 void sgd_step(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double, double, double);
+void adjoint_step(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, double, double);
 }  // namespace cuda
 #endif
 

@@ -182,5 +182,15 @@ OBD_HD void sgd_element(const T* theta, const T* grad, T* buf, T* theta_next, T 
   theta_next[k] = theta[k] - lr * g;
 }
 
+// One step of the reverse phase's adjoint recursion, fused: with u = u_t (the adjoint of step t's
+// update direction) and hu = H_t u_t, a_t = a_{t+1} + hu + weight_decay * u, then the next
+// direction u_{t-1} = momentum * u_t - lr * a_t.
+template <typename T>
+OBD_HD void adjoint_element(T* a, const T* hu, T* u, T lr, T momentum, T weight_decay, int64_t k) {
+  const T a_new = a[k] + hu[k] + weight_decay * u[k];
+  a[k] = a_new;
+  u[k] = momentum * u[k] - lr * a_new;
+}
+
 }  // namespace head
 }  // namespace obd_fast

@@ -20,17 +20,24 @@ void Gemm::operator()(const at::Tensor& out, const at::Tensor& a, const at::Tens
   if (accumulate) {
     out.addmm_(a, b);
   } else {
-    at::mm_out(const_cast<at::Tensor&>(out), a, b);
+    at::Tensor o = out;
+    at::mm_out(o, a, b);
   }
 }
 
-void Gemm::with_bias(const at::Tensor& out, const at::Tensor& bias, const at::Tensor& a, const at::Tensor& b) const {
+void Gemm::with_bias(const at::Tensor& out, const at::Tensor& bias, const at::Tensor& a, const at::Tensor& b,
+                     bool relu) const {
+  at::Tensor o = out;
   if (precision == Precision::kBF16) {
-    at::add_out(const_cast<at::Tensor&>(out), at::mm(a.to(at::kBFloat16), b.to(at::kBFloat16)).to(out.scalar_type()),
-                bias);
+    at::add_out(o, at::mm(a.to(at::kBFloat16), b.to(at::kBFloat16)).to(out.scalar_type()), bias);
+    if (relu) o.relu_();
     return;
   }
-  at::addmm_out(const_cast<at::Tensor&>(out), bias, a, b);
+  if (relu) {
+    at::_addmm_activation_out(o, bias, a, b, 1, 1, /*use_gelu=*/false);
+  } else {
+    at::addmm_out(o, bias, a, b);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -113,8 +120,7 @@ void loss_grad(const Mlp& mlp, const Gemm& mm, const at::Tensor& theta, const Lo
   for (int64_t l = 0; l < L; ++l) {
     const at::Tensor& in = l == 0 ? batch.obs : rec.act[l - 1];
     at::Tensor out = l == L - 1 ? rec.z_out : rec.act[l];
-    mm.with_bias(out, mlp.bias(theta, l), in, mlp.weight(theta, l).t());
-    if (l < L - 1) out.relu_();
+    mm.with_bias(out, mlp.bias(theta, l), in, mlp.weight(theta, l).t(), /*relu=*/l < L - 1);
   }
   // Head: dloss/dz_out and the per-element terms of the loss and of dloss/d(m, o).
   head_grad(head_inputs(mlp, theta, batch, rec.z_out), rec.grad[L - 1], ws.partials, d_target, sq);

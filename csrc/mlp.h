@@ -19,8 +19,9 @@ struct Gemm {
   Precision precision = Precision::kNative;
   // out = a @ b, or out += a @ b when accumulate.
   void operator()(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) const;
-  // out = bias + a @ b.
-  void with_bias(const at::Tensor& out, const at::Tensor& bias, const at::Tensor& a, const at::Tensor& b) const;
+  // out = bias + a @ b, then ReLU when relu (one cuBLASLt call with a fused epilogue on CUDA).
+  void with_bias(const at::Tensor& out, const at::Tensor& bias, const at::Tensor& a, const at::Tensor& b,
+                 bool relu = false) const;
 };
 
 // Layer shapes and offsets into theta (DESIGN.md's flat layout).

@@ -23,11 +23,12 @@ void run_segment(const Mlp& mlp, const Gemm& mm, const InnerConfig& cfg, const a
   }
 }
 
-// Adjoint state of the reverse phase.
+// Adjoint state of the reverse phase. u always holds the adjoint of the next (earlier) step's
+// update direction: u_t = momentum * u_{t+1} - lr * a_{t+1}, starting from u_{T-1} = -lr * a_T.
 struct Adjoint {
   at::Tensor theta;  // a_t: adjoint of theta_t
-  at::Tensor buf;    // adjoint of the last update direction (momentum only)
-  at::Tensor u, hu;  // scratch: the direction and H u
+  at::Tensor u;      // u_t
+  at::Tensor hu;     // scratch: H_t u_t
   at::Tensor d_obs, d_act;
 };
 
@@ -38,16 +39,11 @@ void reverse_segment(const Mlp& mlp, const Gemm& mm, const InnerConfig& cfg, con
   const int64_t n = syn_obs.size(0);
   for (int64_t t = t1 - 1; t >= t0; --t) {
     const int64_t k = t - t0;
-    // u_t = momentum * u_{t+1} - lr * a_{t+1}: the adjoint of step t's update direction.
-    adj.u.copy_(adj.theta).mul_(-cfg.lr);
-    if (cfg.momentum != 0.0) adj.u.add_(adj.buf, cfg.momentum);
     const StepRecord rec = record_views(mlp, records.select(0, k), n);
     hessian_vector(mlp, mm, thetas.select(0, k), adj.u, inner_batch(syn_obs, syn_act, noise, t), rec, adj.hu,
                    adj.d_obs, adj.d_act, ws);
-    // a_t = a_{t+1} + (H_t + weight_decay) u_t
-    adj.theta.add_(adj.hu);
-    if (cfg.weight_decay != 0.0) adj.theta.add_(adj.u, cfg.weight_decay);
-    if (cfg.momentum != 0.0) adj.buf.copy_(adj.u);
+    // a_t = a_{t+1} + (H_t + weight_decay) u_t, then u_{t-1} = momentum * u_t - lr * a_t.
+    adjoint_step(adj.theta, adj.hu, adj.u, cfg.lr, cfg.momentum, cfg.weight_decay);
   }
 }
 
@@ -97,8 +93,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> unroll_backward(const Mlp& mlp, c
   Workspace ws(mlp, n, opts);
   Adjoint adj;
   adj.theta = grad_theta_T.clone();
-  adj.buf = cfg.momentum != 0.0 ? at::zeros({P}, opts) : at::Tensor();
-  adj.u = at::empty({P}, opts);
+  adj.u = grad_theta_T * (-cfg.lr);
   adj.hu = at::empty({P}, opts);
   adj.d_obs = at::zeros_like(syn_obs);
   adj.d_act = at::zeros_like(syn_act);

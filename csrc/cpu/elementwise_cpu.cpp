@@ -62,5 +62,19 @@ void sgd_step(const at::Tensor& theta, const at::Tensor& grad, const at::Tensor&
   });
 }
 
+void adjoint_step(const at::Tensor& a, const at::Tensor& hu, const at::Tensor& u, double lr, double momentum,
+                  double weight_decay) {
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "obd_fast_adjoint_cpu", [&] {
+    scalar_t* a_ = a.data_ptr<scalar_t>();
+    const scalar_t* hu_ = hu.data_ptr<scalar_t>();
+    scalar_t* u_ = u.data_ptr<scalar_t>();
+    const auto lr_ = static_cast<scalar_t>(lr), mom = static_cast<scalar_t>(momentum),
+               wd = static_cast<scalar_t>(weight_decay);
+    at::parallel_for(0, a.numel(), 16384, [&](int64_t begin, int64_t end) {
+      for (int64_t k = begin; k < end; ++k) head::adjoint_element(a_, hu_, u_, lr_, mom, wd, k);
+    });
+  });
+}
+
 }  // namespace cpu
 }  // namespace obd_fast

@@ -52,5 +52,16 @@ void sgd_step(const at::Tensor& theta, const at::Tensor& grad, const at::Tensor&
   });
 }
 
+void adjoint_step(const at::Tensor& a, const at::Tensor& hu, const at::Tensor& u, double lr, double momentum,
+                  double weight_decay) {
+  const c10::cuda::CUDAGuard guard(a.device());
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "obd_fast_adjoint_cuda", [&] {
+    C10_CUDA_CHECK(cuda_kernels::launch_adjoint(a.data_ptr<scalar_t>(), hu.data_ptr<scalar_t>(),
+                                                u.data_ptr<scalar_t>(), static_cast<scalar_t>(lr),
+                                                static_cast<scalar_t>(momentum), static_cast<scalar_t>(weight_decay),
+                                                a.numel(), c10::cuda::getCurrentCUDAStream()));
+  });
+}
+
 }  // namespace cuda
 }  // namespace obd_fast

@@ -38,6 +38,12 @@ __global__ void sgd_kernel(const T* theta, const T* grad, T* buf, T* theta_next,
   if (k < n) head::sgd_element(theta, grad, buf, theta_next, lr, momentum, weight_decay, k);
 }
 
+template <typename T>
+__global__ void adjoint_kernel(T* a, const T* hu, T* u, T lr, T momentum, T weight_decay, int64_t n) {
+  const int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (k < n) head::adjoint_element(a, hu, u, lr, momentum, weight_decay, k);
+}
+
 }  // namespace
 
 template <typename T>
@@ -73,12 +79,20 @@ cudaError_t launch_sgd(const T* theta, const T* grad, T* buf, T* theta_next, T l
   return cudaGetLastError();
 }
 
+template <typename T>
+cudaError_t launch_adjoint(T* a, const T* hu, T* u, T lr, T momentum, T weight_decay, int64_t n, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  adjoint_kernel<T><<<blocks_for(n), kThreads, 0, stream>>>(a, hu, u, lr, momentum, weight_decay, n);
+  return cudaGetLastError();
+}
+
 #define OBD_INSTANTIATE(T)                                                                                          \
   template cudaError_t launch_head_grad<T>(const head::HeadArgs<T>&, const head::GradOut<T>&, cudaStream_t);       \
   template cudaError_t launch_head_hvp<T>(const head::HeadArgs<T>&, const head::HvpArgs<T>&,                       \
                                           const head::HvpOut<T>&, cudaStream_t);                                   \
   template cudaError_t launch_head_action<T>(const head::HeadArgs<T>&, T*, cudaStream_t);                          \
-  template cudaError_t launch_sgd<T>(const T*, const T*, T*, T*, T, T, T, int64_t, cudaStream_t);
+  template cudaError_t launch_sgd<T>(const T*, const T*, T*, T*, T, T, T, int64_t, cudaStream_t);                  \
+  template cudaError_t launch_adjoint<T>(T*, const T*, T*, T, T, T, int64_t, cudaStream_t);
 
 OBD_INSTANTIATE(float)
 OBD_INSTANTIATE(double)

@@ -23,5 +23,8 @@ template <typename T>
 cudaError_t launch_sgd(const T* theta, const T* grad, T* buf, T* theta_next, T lr, T momentum, T weight_decay,
                        int64_t n, cudaStream_t stream);
 
+template <typename T>
+cudaError_t launch_adjoint(T* a, const T* hu, T* u, T lr, T momentum, T weight_decay, int64_t n, cudaStream_t stream);
+
 }  // namespace cuda_kernels
 }  // namespace obd_fast

@@ -1,0 +1,86 @@
+"""CUDA-graph capture of a whole fused meta-gradient step.
+
+On a GPU the fused step is thousands of small kernels; launching them from the host costs more
+than running them. :class:`MetaGradientGraph` captures one call of the fused op for fixed shapes
+into a CUDA graph and replays it every outer step: the caller writes new inputs into the static
+buffers (or passes them to ``__call__``, which copies) and gets the outputs, which live in the
+graph's memory and are overwritten by the next replay.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import checks, fused
+from ._extension import resolve_backend
+from .policy import PolicySpec
+
+
+class MetaGradientGraph:
+    """One captured ``meta_gradient`` for fixed (spec, N, B, steps, hyper-parameters).
+
+    ``weighted`` says whether the outer loss takes per-row weights; the gaussian head always
+    takes explicit inner and outer noise buffers (fill them each step for fresh samples).
+    """
+
+    def __init__(self, spec: PolicySpec, n_syn: int, batch: int, *, steps: int, lr: float, momentum: float = 0.0,
+                 weight_decay: float = 0.0, weighted: bool = True, dtype: torch.dtype = torch.float32,
+                 device="cuda", checkpoint_every: Optional[int] = None, precision: str = "native",
+                 warmup: int = 2):
+        checks.check_spec(spec)
+        device = torch.device(device)
+        if device.type != "cuda" or not torch.cuda.is_available():
+            raise ValueError(f"MetaGradientGraph needs a CUDA device, got {device}")
+        resolve_backend("fused", device)
+        steps = checks.check_steps(steps)
+        self.spec = spec
+        self.cfg = fused.InnerConfig(steps, checks.check_scalar("lr", lr, minimum=0.0, strict=True),
+                                     checks.check_scalar("momentum", momentum, minimum=0.0, strict=False, maximum=1.0),
+                                     checks.check_scalar("weight_decay", weight_decay, minimum=0.0, strict=False),
+                                     checks.check_checkpoint_every(checkpoint_every, steps),
+                                     checks.check_precision(precision))
+        opts = dict(dtype=dtype, device=device)
+        gaussian = spec.head == "gaussian"
+        self.theta0 = spec.init_params(dtype=dtype, device=device)
+        self.syn_obs = torch.zeros(n_syn, spec.obs_dim, **opts)
+        self.syn_act = torch.zeros(n_syn, spec.act_dim, **opts)
+        self.obs = torch.zeros(batch, spec.obs_dim, **opts)
+        self.target = torch.zeros(batch, spec.act_dim, **opts)
+        self.weight = torch.ones(batch, **opts) if weighted else None
+        self.inner_noise = torch.zeros(steps, n_syn, spec.act_dim, **opts) if gaussian else None
+        self.outer_noise = torch.zeros(batch, spec.act_dim, **opts) if gaussian else None
+
+        # Warm up on a side stream (cuBLAS handles and workspaces are created outside the capture).
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                self._run()
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.loss, self.grad_syn_obs, self.grad_syn_act = self._run()
+
+    def _run(self):
+        return fused.meta_gradient(self.theta0, self.syn_obs, self.syn_act, self.spec, self.obs, self.target,
+                                   self.weight, self.inner_noise, self.outer_noise, self.cfg)
+
+    def replay(self):
+        """Rerun the captured step on the current contents of the static buffers."""
+        self.graph.replay()
+        return self.loss, self.grad_syn_obs, self.grad_syn_act
+
+    def __call__(self, theta0, syn_obs, syn_act, obs, target, weight=None, inner_noise=None, outer_noise=None):
+        """Copy the inputs into the static buffers (checking their shapes), then replay."""
+        for name, buf, value in (("theta0", self.theta0, theta0), ("syn_obs", self.syn_obs, syn_obs),
+                                 ("syn_act", self.syn_act, syn_act), ("obs", self.obs, obs),
+                                 ("target", self.target, target), ("weight", self.weight, weight),
+                                 ("inner_noise", self.inner_noise, inner_noise),
+                                 ("outer_noise", self.outer_noise, outer_noise)):
+            if (buf is None) != (value is None):
+                raise ValueError(f"{name} must be {'None' if buf is None else 'given'} for this captured graph")
+            if buf is not None:
+                checks.check_tensor(name, value, tuple(buf.shape), like=buf, check_finite=False)
+                buf.copy_(value)
+        return self.replay()

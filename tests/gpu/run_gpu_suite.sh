@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The GPU check in one command, for a machine with a CUDA GPU, nvcc and a CUDA build of torch:
+# builds obd_fast._C with CUDA in place, runs tests/gpu (including the compute-sanitizer memcheck
+# case) and the GPU benchmark. Logs go to $OUT (default ./gpu-out).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+export OBD_FAST_CUDA=1 MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+start=$(date +%s)
+if ! $PY setup.py build_ext --inplace >"$OUT/build.log" 2>&1; then
+  grep -E "error|Error" -A4 "$OUT/build.log" | head -80
+  exit 1
+fi
+echo "build: $(( $(date +%s) - start )) s"
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+$PY -c "import obd_fast; print('obd_fast build:', obd_fast.build_info())"
+PYTHONUNBUFFERED=1 timeout ${TEST_TIMEOUT:-300} $PY -m pytest tests/gpu -v -s -p no:cacheprovider -o addopts="" \
+  2>&1 | tee "$OUT/gpu_tests.log"
+tests_rc=${PIPESTATUS[0]}
+PYTHONUNBUFFERED=1 timeout ${BENCH_TIMEOUT:-240} $PY benchmarks/gpu_meta_gradient.py --json "$OUT/gpu_bench.json" \
+  2>&1 | tee "$OUT/gpu_bench.log"
+exit $tests_rc

@@ -1,0 +1,148 @@
+"""Fused CUDA backend against the reference (float64) and against itself (graph replay)."""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import obd_fast
+from obd_fast import PolicySpec
+from obd_fast.graph import MetaGradientGraph
+
+pytestmark = pytest.mark.gpu
+CUDA = torch.device("cuda")
+
+
+def rel_err(a, b):
+    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
+
+
+def make_inputs(spec, n, b, steps, dtype, device, seed, noise=True):
+    g = torch.Generator().manual_seed(seed)
+    theta0 = spec.init_params(generator=g, dtype=torch.float64) + 0.05 * torch.randn(spec.num_params, generator=g,
+                                                                                       dtype=torch.float64)
+    d = dict(
+        theta0=theta0,
+        syn_obs=torch.randn(n, spec.obs_dim, generator=g, dtype=torch.float64),
+        syn_act=0.9 * (2 * torch.rand(n, spec.act_dim, generator=g, dtype=torch.float64) - 1),
+        obs=torch.randn(b, spec.obs_dim, generator=g, dtype=torch.float64),
+        target=0.9 * (2 * torch.rand(b, spec.act_dim, generator=g, dtype=torch.float64) - 1),
+        weight=torch.rand(b, generator=g, dtype=torch.float64) + 0.5,
+        inner_noise=torch.randn(steps, n, spec.act_dim, generator=g, dtype=torch.float64)
+        if noise and spec.head == "gaussian" else None,
+        outer_noise=torch.randn(b, spec.act_dim, generator=g, dtype=torch.float64)
+        if noise and spec.head == "gaussian" else None,
+    )
+    return {k: None if v is None else v.to(dtype=dtype, device=device) for k, v in d.items()}
+
+
+def meta(spec, inputs, backend, **kw):
+    i = inputs
+    return obd_fast.meta_gradient(i["theta0"], i["syn_obs"], i["syn_act"], spec, i["obs"], i["target"], i["weight"],
+                                  inner_noise=i["inner_noise"], outer_noise=i["outer_noise"], backend=backend, **kw)
+
+
+GRID = [
+    # head, hidden, momentum, weight_decay, steps, checkpoint_every, N, obs, act
+    ("gaussian", (13, 9), 0.0, 0.0, 1, None, 7, 5, 2),
+    ("gaussian", (13, 9), 0.9, 1e-4, 10, None, 7, 5, 2),
+    ("gaussian", (13, 9), 0.9, 1e-4, 10, 3, 7, 5, 2),
+    ("tanh", (13, 9), 0.0, 1e-4, 3, None, 7, 5, 2),
+    ("tanh", (17, 5, 11), 0.9, 0.0, 10, 4, 33, 3, 4),
+    ("gaussian", (64, 64, 64), 0.0, 0.0, 10, None, 65, 11, 3),
+]
+
+
+@pytest.mark.parametrize("head,hidden,momentum,wd,steps,ck,n,obs,act", GRID)
+def test_fused_cuda_float64_matches_reference(head, hidden, momentum, wd, steps, ck, n, obs, act):
+    spec = PolicySpec(obs, act, hidden, head=head, max_action=1.3)
+    cpu = make_inputs(spec, n, 11, steps, torch.float64, "cpu", seed=steps + n)
+    gpu = {k: None if v is None else v.to(CUDA) for k, v in cpu.items()}
+    kw = dict(steps=steps, lr=0.1, momentum=momentum, weight_decay=wd)
+    ref = meta(spec, cpu, "reference", **kw)
+    out = meta(spec, gpu, "fused", checkpoint_every=ck, **kw)
+    for r, o in zip(ref, out):
+        assert o.device.type == "cuda"
+        assert rel_err(o.cpu(), r) <= 1e-9
+
+
+def test_deterministic_gaussian_head_cuda():
+    spec = PolicySpec(5, 2, (13, 9))
+    cpu = make_inputs(spec, 7, 11, 5, torch.float64, "cpu", seed=3, noise=False)
+    gpu = {k: None if v is None else v.to(CUDA) for k, v in cpu.items()}
+    ref = meta(spec, cpu, "reference", steps=5, lr=0.1)
+    out = meta(spec, gpu, "fused", steps=5, lr=0.1)
+    for r, o in zip(ref, out):
+        assert rel_err(o.cpu(), r) <= 1e-9
+
+
+def test_float32_paper_setting_against_float64_reference():
+    spec = PolicySpec(11, 3)
+    steps = 100
+    gpu64 = make_inputs(spec, 256, 2560, steps, torch.float64, CUDA, seed=7)
+    gpu32 = {k: None if v is None else v.float() for k, v in gpu64.items()}
+    kw = dict(steps=steps, lr=0.1)
+    ref = meta(spec, gpu64, "reference", **kw)
+    out = meta(spec, gpu32, "fused", **kw)
+    errs = [rel_err(o.double(), r) for o, r in zip(out[1:], ref[1:])]
+    print(f"float32 fused CUDA vs float64 reference, paper setting: rel err obs {errs[0]:.2e} act {errs[1]:.2e}")
+    assert max(errs) <= 1e-4
+
+
+def test_unroll_bc_autograd_on_cuda_matches_cpu():
+    spec = PolicySpec(5, 2, (13, 9))
+    cpu = make_inputs(spec, 7, 11, 4, torch.float64, "cpu", seed=5)
+    grads = []
+    for dev in ("cpu", CUDA):
+        th = cpu["theta0"].to(dev).requires_grad_(True)
+        s = cpu["syn_obs"].to(dev).requires_grad_(True)
+        a = cpu["syn_act"].to(dev).requires_grad_(True)
+        theta_T = obd_fast.unroll_bc(th, s, a, spec, steps=4, lr=0.1, momentum=0.9, weight_decay=1e-4,
+                                     noise=cpu["inner_noise"].to(dev), backend="fused")
+        loss = obd_fast.weighted_bc_loss(theta_T, spec, cpu["obs"].to(dev), cpu["target"].to(dev),
+                                         cpu["weight"].to(dev), cpu["outer_noise"].to(dev), backend="fused")
+        loss.backward()
+        grads.append([t.grad.cpu() for t in (th, s, a)])
+    for c, g in zip(*grads):
+        assert rel_err(g, c) <= 1e-9
+
+
+def test_policy_forward_cuda():
+    spec = PolicySpec(5, 2, (13, 9))
+    cpu = make_inputs(spec, 7, 11, 1, torch.float64, "cpu", seed=9)
+    want = spec.forward(cpu["theta0"], cpu["obs"], cpu["outer_noise"])
+    got = obd_fast.policy_forward(cpu["theta0"].to(CUDA), cpu["obs"].to(CUDA), spec, cpu["outer_noise"].to(CUDA))
+    assert rel_err(got.cpu(), want) <= 1e-12
+
+
+@pytest.mark.parametrize("head,momentum", [("gaussian", 0.0), ("tanh", 0.9)])
+def test_graph_replay_equals_eager(head, momentum):
+    spec = PolicySpec(11, 3, (64, 64), head=head)
+    steps, n, b = 20, 64, 256
+    graph = MetaGradientGraph(spec, n, b, steps=steps, lr=0.1, momentum=momentum)
+    for seed in (1, 2):  # two different inputs through the same graph
+        x = make_inputs(spec, n, b, steps, torch.float32, CUDA, seed=seed)
+        eager = meta(spec, x, "fused", steps=steps, lr=0.1, momentum=momentum)
+        replay = [t.clone() for t in graph(**x)]
+        for e, r in zip(eager, replay):
+            assert torch.allclose(r, e, rtol=1e-5, atol=1e-7), (e - r).abs().max()
+
+
+def test_graph_rejects_wrong_shapes():
+    spec = PolicySpec(5, 2, (16,))
+    graph = MetaGradientGraph(spec, 8, 16, steps=2, lr=0.1)
+    x = make_inputs(spec, 9, 16, 2, torch.float32, CUDA, seed=0)
+    with pytest.raises(ValueError, match="syn_obs"):
+        graph(**x)
+
+
+@pytest.mark.skipif(shutil.which("compute-sanitizer") is None, reason="compute-sanitizer not found")
+def test_memcheck_small_case():
+    script = os.path.join(os.path.dirname(__file__), "memcheck_case.py")
+    proc = subprocess.run(["compute-sanitizer", "--tool", "memcheck", "--error-exitcode", "3", sys.executable, script],
+                          capture_output=True, text=True, timeout=600)
+    print(proc.stdout[-3000:], proc.stderr[-3000:])
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "ERROR SUMMARY: 0 errors" in proc.stdout + proc.stderr
