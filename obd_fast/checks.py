@@ -5,6 +5,7 @@ Every failure is a ``ValueError`` that names the argument and what was expected.
 from __future__ import annotations
 
 import math
+import operator
 from typing import Optional, Sequence, Union
 
 import torch
@@ -57,10 +58,21 @@ def check_scalar(name: str, value, *, minimum: float, strict: bool, maximum: Opt
     return v
 
 
+def _as_int(value):
+    """int(value) for Python and numpy integers; None for anything else (bool, float, str)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def check_steps(steps) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    n = _as_int(steps)
+    if n is None or n < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    return steps
+    return n
 
 
 def check_backend(backend: str) -> str:
@@ -78,9 +90,10 @@ def check_precision(precision: str) -> str:
 def check_checkpoint_every(k, steps: int) -> Optional[int]:
     if k is None:
         return None
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    n = _as_int(k)
+    if n is None or n < 1:
         raise ValueError(f"checkpoint_every must be None or an int >= 1, got {k!r}")
-    return min(k, steps)
+    return min(n, steps)
 
 
 def inner_noise(spec: PolicySpec, noise: NoiseArg, steps: int, n: int, like: torch.Tensor,

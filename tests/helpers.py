@@ -10,6 +10,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
+import obd_fast
 from obd_fast import PolicySpec
 
 
@@ -123,11 +124,12 @@ def plain_unroll(spec: PolicySpec, theta0, syn_obs, syn_act, *, steps: int, lr: 
     return theta
 
 
-def plain_unroll_meta_gradient(spec: PolicySpec, theta0, syn_obs, syn_act, obs, target, weight=None, *,
+def plain_unroll_meta_gradient(theta0, syn_obs, syn_act, spec: PolicySpec, obs, target, weight=None, *,
                                steps: int, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
                                inner_noise=None, outer_noise=None,
                                outer_loss: Optional[Callable] = None):
-    """(loss, d_syn_obs, d_syn_act) by a full create_graph unroll in float64.
+    """(loss, d_syn_obs, d_syn_act) by a full create_graph unroll in float64 (same signature as
+    obd_fast.meta_gradient).
 
     ``outer_loss(theta_T)`` replaces the weighted BC loss when given.
     """
@@ -161,3 +163,97 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 PAPER_SPEC = dict(obs_dim=11, act_dim=3, hidden=(256, 256, 256), head="gaussian")
 ODD_SPEC = dict(obs_dim=5, act_dim=2, hidden=(13, 9), max_action=1.3)
 ODD_N, ODD_B = 7, 11
+
+
+# -- composing unroll_bc with a user's outer loss ----------------------------------------------
+
+def params_dict_from_theta(spec: PolicySpec, theta: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Views of theta under CORL's actor keys (built from DESIGN.md's layout, not spec.unflatten)."""
+    layers, head_off, _ = layout(spec)
+    d = {}
+    for i, (fo, fi, wo, bo) in enumerate(layers):
+        d[f"base_network.{2 * i}.weight"] = theta[wo:wo + fo * fi].view(fo, fi)
+        d[f"base_network.{2 * i}.bias"] = theta[bo:bo + fo]
+    if head_off is not None:
+        d["log_std_multiplier.constant"] = theta[head_off]
+        d["log_std_offset.constant"] = theta[head_off + 1]
+    return d
+
+
+def user_loss_grad_check(backend: str, seed: int = 0) -> Tuple[float, float]:
+    """d(Huber loss of a functional_call on unroll_bc's theta_T)/d(syn_obs, syn_act) for ``backend``,
+    relative to the same user loss on the plain create_graph unroll. Returns the two errors."""
+    from torch.func import functional_call
+
+    case = make_case(ODD_SPEC, ODD_N, ODD_B, 4, torch.float64, seed)
+    spec, c = case["spec"], case
+    hyper = dict(steps=4, lr=0.1, momentum=0.9, weight_decay=1e-3)
+    huber = torch.nn.HuberLoss(delta=0.1)
+
+    s = c["syn_obs"].clone().requires_grad_(True)
+    a = c["syn_act"].clone().requires_grad_(True)
+    theta_T = obd_fast.unroll_bc(c["theta0"], s, a, spec, noise=c["inner_noise"], backend=backend, **hyper)
+    module = spec.to_module(theta_T.detach())
+    out = functional_call(module, params_dict_from_theta(spec, theta_T), (c["obs"], c["outer_noise"]))
+    d_s, d_a = torch.autograd.grad(huber(out, c["target"]), (s, a))
+
+    _, e_s, e_a = plain_unroll_meta_gradient(
+        c["theta0"], c["syn_obs"], c["syn_act"], spec, c["obs"], c["target"], inner_noise=c["inner_noise"],
+        outer_loss=lambda th: huber(indep_forward(spec, th, c["obs"], c["outer_noise"]), c["target"]), **hyper)
+    return rel_err(d_s, e_s), rel_err(d_a, e_a)
+
+
+# -- shared by the backend tests ---------------------------------------------------------------
+
+# head, momentum, weight_decay, steps
+GRID = [(head, momentum, wd, steps)
+        for head in ("gaussian", "tanh") for momentum in (0.0, 0.9) for wd in (0.0, 1e-4) for steps in (1, 3, 10)]
+
+
+def odd_case(head, steps, seed, noise=True):
+    return make_case(dict(ODD_SPEC, head=head), ODD_N, ODD_B, steps, torch.float64, seed, noise=noise)
+
+
+def check_against_plain(case, backend, tol, checkpoint_every=None, **hyper):
+    """Assert the backend's (loss, d_syn_obs, d_syn_act) match the plain unroll; return them."""
+    got = case_meta_gradient(case, obd_fast.meta_gradient, backend=backend, checkpoint_every=checkpoint_every,
+                             **hyper)
+    want = case_meta_gradient(case, plain_unroll_meta_gradient, **hyper)
+    errs = [rel_err(g, w) for g, w in zip(got, want)]
+    assert got[1].shape == case["syn_obs"].shape and got[2].shape == case["syn_act"].shape
+    assert max(errs) <= tol, f"loss/d_syn_obs/d_syn_act relative errors {errs}"
+    return got
+
+
+# tiny problems for torch.autograd.gradcheck (float64, momentum and weight decay on)
+def tiny_gradcheck_inputs(head):
+    spec = PolicySpec(2, 2, (4,), head=head)
+    g = torch.Generator().manual_seed(0)
+    f64 = dict(dtype=torch.float64, generator=g)
+    theta0 = (spec.init_params(generator=g, dtype=torch.float64)
+              + 0.1 * torch.randn(spec.num_params, **f64)).requires_grad_(True)
+    syn_obs = torch.randn(3, 2, **f64).requires_grad_(True)
+    syn_act = (0.9 * (2 * torch.rand(3, 2, **f64) - 1)).requires_grad_(True)
+    noise = torch.randn(2, 3, 2, **f64) if head == "gaussian" else None
+    return spec, theta0, syn_obs, syn_act, noise
+
+
+def gradcheck_unroll(backend, head, **kw):
+    spec, theta0, syn_obs, syn_act, noise = tiny_gradcheck_inputs(head)
+    fn = lambda th, s, a: obd_fast.unroll_bc(th, s, a, spec, steps=2, lr=0.1, momentum=0.9, weight_decay=1e-2,
+                                             noise=noise, backend=backend, **kw)
+    assert torch.autograd.gradcheck(fn, (theta0, syn_obs, syn_act), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def gradcheck_loss(backend, head):
+    spec = PolicySpec(2, 2, (4,), head=head)
+    g = torch.Generator().manual_seed(1)
+    f64 = dict(dtype=torch.float64, generator=g)
+    theta = (spec.init_params(generator=g, dtype=torch.float64)
+             + 0.1 * torch.randn(spec.num_params, **f64)).requires_grad_(True)
+    obs = torch.randn(5, 2, **f64).requires_grad_(True)
+    target = torch.rand(5, 2, **f64).requires_grad_(True)
+    weight = (torch.rand(5, **f64) + 0.1).requires_grad_(True)
+    noise = torch.randn(5, 2, **f64) if head == "gaussian" else None
+    fn = lambda th, o, t, w: obd_fast.weighted_bc_loss(th, spec, o, t, w, noise, backend=backend)
+    assert torch.autograd.gradcheck(fn, (theta, obs, target, weight), eps=1e-6, atol=1e-8, rtol=1e-5)

@@ -18,9 +18,13 @@ fi
 echo "build: $(( $(date +%s) - start )) s"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 $PY -c "import obd_fast; print('obd_fast build:', obd_fast.build_info())"
-PYTHONUNBUFFERED=1 timeout ${TEST_TIMEOUT:-300} $PY -m pytest tests/gpu -v -s -p no:cacheprovider -o addopts="" \
-  2>&1 | tee "$OUT/gpu_tests.log"
+PYTEST="$PY -m pytest tests/gpu -v -s -p no:cacheprovider -o addopts="
+PYTHONUNBUFFERED=1 timeout ${TEST_TIMEOUT:-300} $PYTEST -k "not memcheck" 2>&1 | tee "$OUT/gpu_tests.log"
 tests_rc=${PIPESTATUS[0]}
 PYTHONUNBUFFERED=1 timeout ${BENCH_TIMEOUT:-240} $PY benchmarks/gpu_meta_gradient.py --json "$OUT/gpu_bench.json" \
   2>&1 | tee "$OUT/gpu_bench.log"
-exit $tests_rc
+# compute-sanitizer last: slow to start, and it must not starve the rest of the time.
+PYTHONUNBUFFERED=1 timeout ${MEMCHECK_TIMEOUT:-200} $PYTEST -k memcheck 2>&1 | tee "$OUT/gpu_memcheck.log"
+memcheck_rc=${PIPESTATUS[0]}
+echo "tests rc=$tests_rc memcheck rc=$memcheck_rc"
+exit $(( tests_rc || memcheck_rc ))

@@ -96,9 +96,9 @@ def test_unroll_bc_autograd_on_cuda_matches_cpu():
     cpu = make_inputs(spec, 7, 11, 4, torch.float64, "cpu", seed=5)
     grads = []
     for dev in ("cpu", CUDA):
-        th = cpu["theta0"].to(dev).requires_grad_(True)
-        s = cpu["syn_obs"].to(dev).requires_grad_(True)
-        a = cpu["syn_act"].to(dev).requires_grad_(True)
+        th = cpu["theta0"].detach().to(dev).requires_grad_(True)
+        s = cpu["syn_obs"].detach().to(dev).requires_grad_(True)
+        a = cpu["syn_act"].detach().to(dev).requires_grad_(True)
         theta_T = obd_fast.unroll_bc(th, s, a, spec, steps=4, lr=0.1, momentum=0.9, weight_decay=1e-4,
                                      noise=cpu["inner_noise"].to(dev), backend="fused")
         loss = obd_fast.weighted_bc_loss(theta_T, spec, cpu["obs"].to(dev), cpu["target"].to(dev),

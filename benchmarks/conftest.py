@@ -1,0 +1,62 @@
+"""Prints the side-by-side table (ratios, GFLOP/s against the GEMM rate of the same run) after
+the pytest-benchmark run of test_cpu_meta_gradient.py, and saves it as markdown and a PNG chart."""
+import json
+import os
+from collections import defaultdict
+
+RESULTS = {}  # filled by the benchmark tests: (group, variant) -> dict
+GEMM = {}
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not RESULTS:
+        return
+    rows = defaultdict(dict)
+    for (group, variant), r in RESULTS.items():
+        rows[group][variant] = r
+    gemm = GEMM.get("fp32_gflops")
+    lines = [f"fp32 GEMM (256^3, this run): {gemm:.0f} GFLOP/s; bf16 GEMM: {GEMM.get('bf16_gflops', 0):.0f} GFLOP/s",
+             "", "| case | variant | s/step (min) | x vs reference | x vs create_graph | GFLOP/s | % of fp32 GEMM |",
+             "|---|---|---|---|---|---|---|"]
+    for group in sorted(rows):
+        ref = rows[group].get("reference", {}).get("seconds")
+        cg = rows[group].get("create_graph", {}).get("seconds")
+        for variant, r in sorted(rows[group].items(), key=lambda kv: -kv[1]["seconds"]):
+            s = r["seconds"]
+            gf = r["gflop"] / s
+            lines.append(f"| {group} | {variant} | {s:.3f} | {ref / s if ref else float('nan'):.2f} | "
+                         f"{cg / s if cg else float('nan'):.2f} | {gf:.0f} | {100 * gf / gemm:.0f}% |")
+    text = "\n".join(lines)
+    terminalreporter.write_sep("=", "obd-fast CPU meta-gradient: side by side")
+    terminalreporter.write_line(text)
+    out = os.environ.get("OBD_FAST_BENCH_OUT", ".benchmarks")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "cpu_meta_gradient.md"), "w") as f:
+        f.write(text + "\n")
+    with open(os.path.join(out, "cpu_meta_gradient.json"), "w") as f:
+        json.dump({"gemm": GEMM, "results": {f"{g}/{v}": r for (g, v), r in RESULTS.items()}}, f, indent=2)
+    try:
+        _plot(rows, os.path.join(out, "cpu_meta_gradient.png"))
+    except Exception as exc:  # matplotlib is optional
+        terminalreporter.write_line(f"(no chart: {exc})")
+
+
+def _plot(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted(rows)
+    variants = sorted({v for g in groups for v in rows[g]})
+    fig, ax = plt.subplots(figsize=(1.8 * len(groups) + 3, 4))
+    width = 0.8 / len(variants)
+    for i, v in enumerate(variants):
+        xs = [j + i * width for j, g in enumerate(groups) if v in rows[g]]
+        ys = [rows[g][v]["seconds"] for g in groups if v in rows[g]]
+        ax.bar(xs, ys, width, label=v)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))], groups)
+    ax.set_ylabel("seconds per outer step")
+    ax.set_title("meta-gradient per outer step, CPU")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# One entry point that works on a fresh machine: makes .venv, installs torch only where none is
+# importable (a CUDA machine keeps its own), builds and installs obd-fast with its test extras,
+# then runs the demo, the tests or the benchmarks.
+#
+#   ./run.sh demo        the main job on the bundled default
+#   ./run.sh test        the test suite (slow end-to-end runs excluded; ./run.sh test -m slow runs them)
+#   ./run.sh bench       the CPU benchmarks (pytest-benchmark), ratios printed at the end
+#   ./run.sh setup       only install
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python3}
+VENV=${OBD_FAST_VENV:-.venv}
+
+setup() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    # --system-site-packages lets a machine's own (CUDA) torch be used as it is.
+    "$PYTHON" -m venv --system-site-packages "$VENV"
+  fi
+  local py="$VENV/bin/python"
+  if ! "$py" -c "import torch" >/dev/null 2>&1; then
+    "$py" -m pip install -q "torch==2.13.0"
+  fi
+  if ! "$py" -c "import obd_fast._C, pytest, pytest_benchmark, hypothesis, tqdm" >/dev/null 2>&1 \
+     || [ -n "${OBD_FAST_REBUILD:-}" ]; then
+    "$py" -m pip install -q setuptools wheel ninja
+    # No build isolation: the extension must be built against the torch installed here.
+    "$py" -m pip install -q --no-build-isolation -e ".[test]"
+  fi
+}
+
+cmd=${1:-test}
+shift || true
+setup
+case "$cmd" in
+  setup) ;;
+  demo) exec "$VENV/bin/obd-fast" demo "$@" ;;
+  test) exec "$VENV/bin/python" -m pytest -q "$@" ;;
+  bench) exec "$VENV/bin/python" -m pytest benchmarks -q -o addopts="" "$@" ;;
+  *) echo "usage: ./run.sh {demo|test|bench|setup} [args...]" >&2; exit 2 ;;
+esac
