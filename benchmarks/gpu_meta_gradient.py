@@ -45,7 +45,8 @@ def bench_env(env: str, steps: int, reps: int) -> dict:
     r["create_graph_s"] = time_it(unroll, reps=2, device="cuda")
     r["fused_eager_s"] = time_it(eager, reps=reps, device="cuda", best=False)
     r["fused_ck10_eager_s"] = time_it(ck10, reps=reps, device="cuda", best=False)
-    for name, precision in (("fused_graph_s", "native"), ("fused_graph_bf16_s", "bf16")):
+    for name, precision in (("fused_graph_s", "native"), ("fused_graph_tf32_s", "tf32"),
+                            ("fused_graph_bf16_s", "bf16")):
         g = MetaGradientGraph(spec, 256, 2560, steps=steps, lr=0.1, precision=precision)
         g(d["theta0"], d["syn_obs"], d["syn_act"], d["obs"], d["target"], d["weight"], d["inner_noise"],
           d["outer_noise"])
@@ -61,6 +62,8 @@ def bench_env(env: str, steps: int, reps: int) -> dict:
     r["speedup_eager_vs_reference"] = r["reference_s"] / r["fused_eager_s"]
     r["hours_50k_graph"] = 50000 * r["fused_graph_s"] / 3600
     r["hours_50k_graph_bf16"] = 50000 * r["fused_graph_bf16_s"] / 3600
+    r["hours_50k_graph_tf32"] = 50000 * r["fused_graph_tf32_s"] / 3600
+    r["speedup_graph_tf32_vs_reference"] = r["reference_s"] / r["fused_graph_tf32_s"]
     r["hours_50k_reference"] = 50000 * r["reference_s"] / 3600
     return r
 
@@ -82,15 +85,16 @@ def main(argv=None):
             "gemm256_fp32_tflops": gemm256 / 1e12, "gemm4096_fp32_tflops": gemm4k / 1e12, "results": []}
     print(f"# {info['device']}, torch {info['torch']}: fp32 GEMM 256^3 {gemm256 / 1e12:.2f} TFLOP/s, "
           f"4096^3 {gemm4k / 1e12:.1f} TFLOP/s")
-    print("| env | T | reference ms | create_graph ms | fused eager ms | fused graph ms | graph bf16 ms | "
+    print("| env | T | reference ms | create_graph ms | fused eager ms | fused graph ms | graph tf32 ms | graph bf16 ms | "
           "x vs reference | x vs create_graph | TFLOP/s (graph) | 50k steps (graph) | mem ref / fused / ck10 MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for env in args.envs:
         for steps in args.steps:
             r = bench_env(env, steps, args.reps)
             info["results"].append(r)
             print(f"| {env} | {steps} | {1e3 * r['reference_s']:.1f} | {1e3 * r['create_graph_s']:.1f} | "
                   f"{1e3 * r['fused_eager_s']:.2f} | {1e3 * r['fused_graph_s']:.2f} | "
+                  f"{1e3 * r['fused_graph_tf32_s']:.2f} | "
                   f"{1e3 * r['fused_graph_bf16_s']:.2f} | {r['speedup_graph_vs_reference']:.0f} | "
                   f"{r['speedup_graph_vs_create_graph']:.0f} | {r['tflops_graph']:.2f} | "
                   f"{60 * r['hours_50k_graph']:.1f} min | {r['mem_reference_mb']:.0f} / {r['mem_fused_mb']:.0f} / "

@@ -51,18 +51,24 @@ def test_meta_gradient(benchmark, env, steps, variant):
                                               gflop=meta_gradient_flops(d["spec"], 256, 2560, steps) / 1e9)
 
 
+# VmHWM (peak RSS of this process image) rather than ru_maxrss, which Linux carries over from the
+# parent across fork and exec.
 MEMORY_SCRIPT = r"""
-import resource, sys, torch, obd_fast
+import sys, torch, obd_fast
+def hwm_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
 sys.path.insert(0, {root!r})
 from benchmarks.common import paper_inputs, call_meta_gradient, create_graph_meta_gradient
 d = paper_inputs("hopper", steps=100)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = hwm_mb()
 variant = {variant!r}
 if variant == "create_graph":
     call_meta_gradient(create_graph_meta_gradient, d)
 else:
     call_meta_gradient(obd_fast.meta_gradient, d, **{kw!r})
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+print(hwm_mb() - base)
 """
 
 

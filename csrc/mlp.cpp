@@ -7,20 +7,35 @@ namespace obd_fast {
 // ---------------------------------------------------------------------------------------------
 // Gemm
 
+at::Tensor Gemm::operand(const at::Tensor& t) const {
+  return precision == Precision::kBF16 && t.scalar_type() != at::kBFloat16 ? t.to(at::kBFloat16) : t;
+}
+
 void Gemm::operator()(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) const {
-  if (precision == Precision::kBF16) {
-    const at::Tensor r = at::mm(a.to(at::kBFloat16), b.to(at::kBFloat16));
+  at::Tensor o = out;
+  // BLAS libraries handle a tall, narrow output (e.g. 256 x obs_dim) far worse than its wide
+  // transpose: compute (b^T a^T) and write it back transposed.
+  if (out.size(1) < 32 && out.size(0) >= 4 * out.size(1)) {
+    const at::Tensor r = at::mm(operand(b.t()), operand(a.t())).t();
     if (accumulate) {
-      out.add_(r);
+      o.add_(r);
     } else {
-      out.copy_(r);
+      o.copy_(r);
+    }
+    return;
+  }
+  if (precision == Precision::kBF16) {
+    const at::Tensor r = at::mm(operand(a), operand(b));
+    if (accumulate) {
+      o.add_(r);
+    } else {
+      o.copy_(r);
     }
     return;
   }
   if (accumulate) {
-    out.addmm_(a, b);
+    o.addmm_(a, b);
   } else {
-    at::Tensor o = out;
     at::mm_out(o, a, b);
   }
 }
@@ -29,7 +44,7 @@ void Gemm::with_bias(const at::Tensor& out, const at::Tensor& bias, const at::Te
                      bool relu) const {
   at::Tensor o = out;
   if (precision == Precision::kBF16) {
-    at::add_out(o, at::mm(a.to(at::kBFloat16), b.to(at::kBFloat16)).to(out.scalar_type()), bias);
+    at::add_out(o, at::mm(operand(a), operand(b)).to(out.scalar_type()), bias);
     if (relu) o.relu_();
     return;
   }
@@ -116,11 +131,14 @@ void loss_grad(const Mlp& mlp, const Gemm& mm, const at::Tensor& theta, const Lo
                const at::Tensor& grad, Workspace& ws, const at::Tensor& d_obs, const at::Tensor& d_target,
                const at::Tensor& sq) {
   const int64_t L = mlp.layers();
+  const at::Tensor th = mm.operand(theta);
+  std::vector<at::Tensor> inputs(L);  // operand form of each layer's input
+  inputs[0] = mm.operand(batch.obs);
   // Forward, keeping post-ReLU activations (their sign is the ReLU mask).
   for (int64_t l = 0; l < L; ++l) {
-    const at::Tensor& in = l == 0 ? batch.obs : rec.act[l - 1];
     at::Tensor out = l == L - 1 ? rec.z_out : rec.act[l];
-    mm.with_bias(out, mlp.bias(theta, l), in, mlp.weight(theta, l).t(), /*relu=*/l < L - 1);
+    mm.with_bias(out, mlp.bias(theta, l), inputs[l], mlp.weight(th, l).t(), /*relu=*/l < L - 1);
+    if (l < L - 1) inputs[l + 1] = mm.operand(out);
   }
   // Head: dloss/dz_out and the per-element terms of the loss and of dloss/d(m, o).
   head_grad(head_inputs(mlp, theta, batch, rec.z_out), rec.grad[L - 1], ws.partials, d_target, sq);
@@ -130,17 +148,17 @@ void loss_grad(const Mlp& mlp, const Gemm& mm, const at::Tensor& theta, const Lo
   }
   // Backward: P_{l-1} = mask_{l-1} * (P_l W_l); weight gradients P_l^T A_{l-1}.
   for (int64_t l = L - 1; l >= 0; --l) {
-    const at::Tensor& in = l == 0 ? batch.obs : rec.act[l - 1];
     const at::Tensor& p = rec.grad[l];
-    mm(mlp.weight(grad, l), p.t(), in, false);
+    const at::Tensor p_op = mm.operand(p);
+    mm(mlp.weight(grad, l), p_op.t(), inputs[l], false);
     at::Tensor g_bias = mlp.bias(grad, l);
     at::sum_out(g_bias, p, {0});
     if (l > 0) {
       at::Tensor p_prev = rec.grad[l - 1];
-      mm(p_prev, p, mlp.weight(theta, l), false);
+      mm(p_prev, p_op, mlp.weight(th, l), false);
       at::threshold_backward_out(p_prev, p_prev, rec.act[l - 1], 0);
     } else if (d_obs.defined()) {
-      mm(d_obs, p, mlp.weight(theta, 0), false);
+      mm(d_obs, p_op, mlp.weight(th, 0), false);
     }
   }
 }
@@ -152,13 +170,19 @@ void hessian_vector(const Mlp& mlp, const Gemm& mm, const at::Tensor& theta, con
                     const LossBatch& batch, const StepRecord& rec, const at::Tensor& hu, const at::Tensor& d_obs,
                     const at::Tensor& d_target, Workspace& ws) {
   const int64_t L = mlp.layers();
+  const at::Tensor th = mm.operand(theta), uo = mm.operand(u);
+  std::vector<at::Tensor> inputs(L), tangents(L);  // operand forms of A_{l-1} and Adot_l
+  inputs[0] = mm.operand(batch.obs);
+  for (int64_t l = 1; l < L; ++l) inputs[l] = mm.operand(rec.act[l - 1]);
   // Tangent forward along u: Zdot_l = A_{l-1} U_l^T + c_l + Adot_{l-1} W_l^T, Adot_l = mask_l * Zdot_l.
   for (int64_t l = 0; l < L; ++l) {
-    const at::Tensor& in = l == 0 ? batch.obs : rec.act[l - 1];
     at::Tensor zdot = ws.tangent[l];
-    mm.with_bias(zdot, mlp.bias(u, l), in, mlp.weight(u, l).t());
-    if (l > 0) mm(zdot, ws.tangent[l - 1], mlp.weight(theta, l).t(), true);
-    if (l < L - 1) at::threshold_backward_out(zdot, zdot, rec.act[l], 0);  // now Adot_l
+    mm.with_bias(zdot, mlp.bias(u, l), inputs[l], mlp.weight(uo, l).t());
+    if (l > 0) mm(zdot, tangents[l - 1], mlp.weight(th, l).t(), true);
+    if (l < L - 1) {
+      at::threshold_backward_out(zdot, zdot, rec.act[l], 0);  // now Adot_l
+      tangents[l] = mm.operand(zdot);
+    }
   }
   // Head: Q_L from the head's second derivatives, and the (m, o) entries of H u.
   at::Tensor head_partials = ws.partials.narrow(0, 0, 2);
@@ -171,22 +195,21 @@ void hessian_vector(const Mlp& mlp, const Gemm& mm, const at::Tensor& theta, con
   // Reverse over both streams: (H u)_{W_l} = Q_l^T A_{l-1} + P_l^T Adot_{l-1},
   // Q_{l-1} = mask_{l-1} * (Q_l W_l + P_l U_l); at the input d obs += Q_1 W_1 + P_1 U_1.
   for (int64_t l = L - 1; l >= 0; --l) {
-    const at::Tensor& in = l == 0 ? batch.obs : rec.act[l - 1];
     const at::Tensor& q = ws.q[l];
-    const at::Tensor& p = rec.grad[l];
+    const at::Tensor q_op = mm.operand(q), p_op = mm.operand(rec.grad[l]);
     const at::Tensor hw = mlp.weight(hu, l);
-    mm(hw, q.t(), in, false);
-    if (l > 0) mm(hw, p.t(), ws.tangent[l - 1], true);
+    mm(hw, q_op.t(), inputs[l], false);
+    if (l > 0) mm(hw, p_op.t(), tangents[l - 1], true);
     at::Tensor hb = mlp.bias(hu, l);
     at::sum_out(hb, q, {0});
     if (l > 0) {
       at::Tensor q_prev = ws.q[l - 1];
-      mm(q_prev, q, mlp.weight(theta, l), false);
-      mm(q_prev, p, mlp.weight(u, l), true);
+      mm(q_prev, q_op, mlp.weight(th, l), false);
+      mm(q_prev, p_op, mlp.weight(uo, l), true);
       at::threshold_backward_out(q_prev, q_prev, rec.act[l - 1], 0);
     } else if (d_obs.defined()) {
-      mm(d_obs, q, mlp.weight(theta, 0), true);
-      mm(d_obs, p, mlp.weight(u, 0), true);
+      mm(d_obs, q_op, mlp.weight(th, 0), true);
+      mm(d_obs, p_op, mlp.weight(uo, 0), true);
     }
   }
 }

@@ -17,6 +17,9 @@ enum class Precision : int64_t { kNative = 0, kBF16 = 1 };
 // Matrix products with an optional bf16 operand precision (float32 accumulation and outputs).
 struct Gemm {
   Precision precision = Precision::kNative;
+  // The form of t the products read: t itself, or its bf16 copy. Passes convert each tensor once
+  // and reuse it in every product that reads it.
+  at::Tensor operand(const at::Tensor& t) const;
   // out = a @ b, or out += a @ b when accumulate.
   void operator()(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) const;
   // out = bias + a @ b, then ReLU when relu (one cuBLASLt call with a fused epilogue on CUDA).

@@ -14,7 +14,7 @@ from .policy import PolicySpec
 
 FLOAT_DTYPES = (torch.float32, torch.float64)
 BACKENDS = ("auto", "fused", "reference")
-PRECISIONS = ("native", "bf16")
+PRECISIONS = ("native", "bf16", "tf32")
 
 NoiseArg = Union[None, torch.Tensor, Sequence[torch.Tensor]]
 

@@ -1,6 +1,7 @@
 """Autograd wrappers around the compiled ops (torch.ops.obd_fast.*, registered by csrc/ops.cpp)."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Optional
 
@@ -8,7 +9,25 @@ import torch
 
 from .policy import PolicySpec
 
-PRECISION_CODE = {"native": 0, "bf16": 1}
+# "tf32" is not a mode of the C++ code: cuBLAS picks TF32 tensor-core kernels for float32
+# products while torch allows it (matmul_precision below), CUDA graphs included.
+PRECISION_CODE = {"native": 0, "bf16": 1, "tf32": 0}
+
+
+@contextlib.contextmanager
+def matmul_precision(precision: str):
+    if precision != "tf32":
+        yield
+        return
+    settings = torch.backends.cuda.matmul
+    # torch >= 2.9 has fp32_precision and refuses a mix of it with the legacy allow_tf32 flag.
+    name, value = ("fp32_precision", "tf32") if hasattr(settings, "fp32_precision") else ("allow_tf32", True)
+    prev = getattr(settings, name)
+    setattr(settings, name, value)
+    try:
+        yield
+    finally:
+        setattr(settings, name, prev)
 
 
 @dataclass(frozen=True)
@@ -32,7 +51,9 @@ def spec_args(spec: PolicySpec):
 class FusedUnroll(torch.autograd.Function):
     @staticmethod
     def forward(ctx, theta0, syn_obs, syn_act, noise, spec: PolicySpec, cfg: InnerConfig):
-        tape = torch.ops.obd_fast.unroll_forward(theta0, syn_obs, syn_act, noise, *spec_args(spec), *cfg.op_args())
+        with matmul_precision(cfg.precision):
+            tape = torch.ops.obd_fast.unroll_forward(theta0, syn_obs, syn_act, noise, *spec_args(spec),
+                                                     *cfg.op_args())
         ctx.spec, ctx.cfg, ctx.has_noise = spec, cfg, noise is not None
         ctx.save_for_backward(syn_obs, syn_act, noise if noise is not None else syn_obs.new_empty(0), *tape)
         return tape[0].clone()  # a fresh tensor: the tape itself stays private
@@ -41,9 +62,10 @@ class FusedUnroll(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_theta_T):
         syn_obs, syn_act, noise, *tape = ctx.saved_tensors
-        d_theta0, d_obs, d_act = torch.ops.obd_fast.unroll_backward(
-            tape, syn_obs, syn_act, noise if ctx.has_noise else None, *spec_args(ctx.spec), *ctx.cfg.op_args(),
-            grad_theta_T.contiguous())
+        with matmul_precision(ctx.cfg.precision):
+            d_theta0, d_obs, d_act = torch.ops.obd_fast.unroll_backward(
+                tape, syn_obs, syn_act, noise if ctx.has_noise else None, *spec_args(ctx.spec),
+                *ctx.cfg.op_args(), grad_theta_T.contiguous())
         needs = ctx.needs_input_grad
         return (d_theta0 if needs[0] else None, d_obs if needs[1] else None, d_act if needs[2] else None,
                 None, None, None)
@@ -56,8 +78,9 @@ class FusedWeightedLoss(torch.autograd.Function):
     def forward(ctx, theta, obs, target, weight, noise, spec: PolicySpec, precision: str):
         needs = [int(x) for x in ctx.needs_input_grad[:4]]
         needs[3] = int(needs[3] and weight is not None)
-        loss, *grads = torch.ops.obd_fast.weighted_loss(theta, obs, target, weight, noise, *spec_args(spec), needs,
-                                                        PRECISION_CODE[precision])
+        with matmul_precision(precision):
+            loss, *grads = torch.ops.obd_fast.weighted_loss(theta, obs, target, weight, noise, *spec_args(spec),
+                                                            needs, PRECISION_CODE[precision])
         ctx.needs = needs
         ctx.save_for_backward(*grads)
         return loss
@@ -79,8 +102,9 @@ def weighted_bc_loss(theta, spec, obs, target, weight, noise, precision):
 
 
 def meta_gradient(theta0, syn_obs, syn_act, spec, obs, target, weight, inner_noise, outer_noise, cfg: InnerConfig):
-    loss, d_obs, d_act = torch.ops.obd_fast.meta_gradient(theta0, syn_obs, syn_act, inner_noise, obs, target, weight,
-                                                          outer_noise, *spec_args(spec), *cfg.op_args())
+    with matmul_precision(cfg.precision):
+        loss, d_obs, d_act = torch.ops.obd_fast.meta_gradient(theta0, syn_obs, syn_act, inner_noise, obs, target,
+                                                              weight, outer_noise, *spec_args(spec), *cfg.op_args())
     return loss, d_obs, d_act
 
 

@@ -33,6 +33,8 @@ class MetaGradientGraph:
         if device.type != "cuda" or not torch.cuda.is_available():
             raise ValueError(f"MetaGradientGraph needs a CUDA device, got {device}")
         resolve_backend("fused", device)
+        if precision != "native" and dtype != torch.float32:
+            raise ValueError(f"precision={precision!r} needs dtype=torch.float32, got {dtype}")
         steps = checks.check_steps(steps)
         self.spec = spec
         self.cfg = fused.InnerConfig(steps, checks.check_scalar("lr", lr, minimum=0.0, strict=True),

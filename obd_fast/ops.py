@@ -14,13 +14,16 @@ from ._extension import resolve_backend
 from .policy import PolicySpec
 
 
-def _fused_options(backend: str, precision: str, dtype: torch.dtype) -> None:
+def _fused_options(backend: str, precision: str, tensor: torch.Tensor) -> None:
     checks.check_precision(precision)
-    if precision == "bf16":
+    if precision != "native":
         if backend != "fused":
-            raise ValueError("precision='bf16' needs backend='fused' (the reference backend computes in the input dtype)")
-        if dtype != torch.float32:
-            raise ValueError(f"precision='bf16' needs float32 tensors, got {dtype}")
+            raise ValueError(f"precision={precision!r} needs backend='fused' "
+                             "(the reference backend computes in the input dtype)")
+        if tensor.dtype != torch.float32:
+            raise ValueError(f"precision={precision!r} needs float32 tensors, got {tensor.dtype}")
+    if precision == "tf32" and tensor.device.type != "cuda":
+        raise ValueError(f"precision='tf32' (tensor-core float32 products) needs CUDA tensors, got {tensor.device}")
 
 
 def unroll_bc(theta0: torch.Tensor, syn_obs: torch.Tensor, syn_act: torch.Tensor, spec: PolicySpec, *, steps: int,
@@ -31,12 +34,13 @@ def unroll_bc(theta0: torch.Tensor, syn_obs: torch.Tensor, syn_act: torch.Tensor
     Differentiable w.r.t. theta0, syn_obs and syn_act. ``noise`` is None (deterministic head) or,
     for the gaussian head, one (N, act_dim) sample per step: a (steps, N, act_dim) tensor or a list.
     ``checkpoint_every=k`` (fused) keeps theta every k steps and recomputes activations in the
-    backward; ``precision="bf16"`` (fused, float32) runs the matrix products in bfloat16.
+    backward; ``precision="bf16"`` (fused, float32) runs the matrix products in bfloat16,
+    ``precision="tf32"`` (fused, float32, CUDA) on TF32 tensor cores.
     """
     steps, lr, momentum, weight_decay, noise = checks.check_unroll_args(
         theta0, syn_obs, syn_act, spec, steps, lr, momentum, weight_decay, noise)
     backend = resolve_backend(checks.check_backend(backend), theta0.device)
-    _fused_options(backend, precision, theta0.dtype)
+    _fused_options(backend, precision, theta0)
     checkpoint_every = checks.check_checkpoint_every(checkpoint_every, steps)
     if backend == "reference":
         return reference.unroll_bc(theta0, syn_obs, syn_act, spec, steps, lr, momentum, weight_decay, noise)
@@ -51,7 +55,7 @@ def weighted_bc_loss(theta: torch.Tensor, spec: PolicySpec, obs: torch.Tensor, t
     (and obs, target, weight)."""
     noise = checks.check_loss_args(theta, spec, obs, target, weight, noise)
     backend = resolve_backend(checks.check_backend(backend), theta.device)
-    _fused_options(backend, precision, theta.dtype)
+    _fused_options(backend, precision, theta)
     if backend == "reference":
         return reference.bc_loss(theta, spec, obs, target, weight, noise)
     return fused.weighted_bc_loss(theta, spec, obs, target, weight, noise, precision)
@@ -68,7 +72,7 @@ def meta_gradient(theta0: torch.Tensor, syn_obs: torch.Tensor, syn_act: torch.Te
         theta0, syn_obs, syn_act, spec, steps, lr, momentum, weight_decay, inner_noise, "inner_noise")
     outer_noise = checks.check_loss_args(theta0, spec, obs, target, weight, outer_noise, "theta0", "outer_noise")
     backend = resolve_backend(checks.check_backend(backend), theta0.device)
-    _fused_options(backend, precision, theta0.dtype)
+    _fused_options(backend, precision, theta0)
     checkpoint_every = checks.check_checkpoint_every(checkpoint_every, steps)
     with torch.no_grad():
         if backend == "reference":

@@ -264,3 +264,11 @@ def test_numpy_integer_steps_are_accepted():
     want = obd_fast.unroll_bc(theta0, s, a, spec, steps=3, lr=0.1, backend="reference")
     got = obd_fast.unroll_bc(theta0, s, a, spec, steps=np.int64(3), lr=0.1, checkpoint_every=np.int32(2))
     assert torch.allclose(got, want, rtol=1e-12, atol=1e-14)
+
+
+def test_tf32_needs_cuda_tensors():
+    spec = obd_fast.PolicySpec(3, 2, (5,), head="tanh")
+    theta0 = spec.init_params()
+    s, a = torch.randn(4, 3), torch.rand(4, 2)
+    with pytest.raises(ValueError, match="tf32.*CUDA"):
+        obd_fast.unroll_bc(theta0, s, a, spec, steps=2, lr=0.1, precision="tf32", backend="fused")
