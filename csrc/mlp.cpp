@@ -13,9 +13,10 @@ at::Tensor Gemm::operand(const at::Tensor& t) const {
 
 void Gemm::operator()(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) const {
   at::Tensor o = out;
-  // BLAS libraries handle a tall, narrow output (e.g. 256 x obs_dim) far worse than its wide
-  // transpose: compute (b^T a^T) and write it back transposed.
-  if (out.size(1) < 32 && out.size(0) >= 4 * out.size(1)) {
+  // CPU BLAS handles a tall, narrow output (e.g. 256 x obs_dim) far worse than its wide
+  // transpose: compute (b^T a^T) and write it back transposed. (On CUDA the copy would only
+  // add a kernel launch.)
+  if (out.is_cpu() && out.size(1) < 32 && out.size(0) >= 4 * out.size(1)) {
     const at::Tensor r = at::mm(operand(b.t()), operand(a.t())).t();
     if (accumulate) {
       o.add_(r);
