@@ -5,7 +5,7 @@ import os
 from collections import defaultdict
 
 RESULTS = {}  # filled by the benchmark tests: (group, variant) -> dict
-GEMM = {}
+SUMMARY = {}  # GEMM rates, memory and precision figures of the run
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -14,10 +14,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     rows = defaultdict(dict)
     for (group, variant), r in RESULTS.items():
         rows[group][variant] = r
-    gemm = GEMM.get("fp32_gflops")
-    lines = [f"fp32 GEMM (256^3, this run): {gemm:.0f} GFLOP/s; bf16 GEMM: {GEMM.get('bf16_gflops', 0):.0f} GFLOP/s",
-             "", "| case | variant | s/step (min) | x vs reference | x vs create_graph | GFLOP/s | % of fp32 GEMM |",
-             "|---|---|---|---|---|---|---|"]
+    gemm = SUMMARY.get("fp32_gflops")
+    lines = [f"fp32 GEMM (256^3, this run): {gemm:.0f} GFLOP/s; bf16 GEMM: {SUMMARY.get('bf16_gflops', 0):.0f} GFLOP/s",
+             "", "| case | variant | s/step (min) | x vs reference | x vs create_graph | GFLOP/s | % of fp32 GEMM | "
+             "stored state MB |", "|---|---|---|---|---|---|---|---|"]
     for group in sorted(rows):
         ref = rows[group].get("reference", {}).get("seconds")
         cg = rows[group].get("create_graph", {}).get("seconds")
@@ -25,7 +25,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             s = r["seconds"]
             gf = r["gflop"] / s
             lines.append(f"| {group} | {variant} | {s:.3f} | {ref / s if ref else float('nan'):.2f} | "
-                         f"{cg / s if cg else float('nan'):.2f} | {gf:.0f} | {100 * gf / gemm:.0f}% |")
+                         f"{cg / s if cg else float('nan'):.2f} | {gf:.0f} | {100 * gf / gemm:.0f}% | "
+                         f"{r.get('stored_mb', float('nan')):.0f} |")
+    for key in ("peak_rss_growth_mb_hopper_T100", "cosine_to_float64_hopper_T100"):
+        if key in SUMMARY:
+            lines += ["", f"{key}: {SUMMARY[key]}"]
     text = "\n".join(lines)
     terminalreporter.write_sep("=", "obd-fast CPU meta-gradient: side by side")
     terminalreporter.write_line(text)
@@ -34,7 +38,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     with open(os.path.join(out, "cpu_meta_gradient.md"), "w") as f:
         f.write(text + "\n")
     with open(os.path.join(out, "cpu_meta_gradient.json"), "w") as f:
-        json.dump({"gemm": GEMM, "results": {f"{g}/{v}": r for (g, v), r in RESULTS.items()}}, f, indent=2)
+        json.dump({"summary": SUMMARY, "results": {f"{g}/{v}": r for (g, v), r in RESULTS.items()}}, f, indent=2)
     try:
         _plot(rows, os.path.join(out, "cpu_meta_gradient.png"))
     except Exception as exc:  # matplotlib is optional

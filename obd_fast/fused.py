@@ -110,3 +110,22 @@ def meta_gradient(theta0, syn_obs, syn_act, spec, obs, target, weight, inner_noi
 
 def policy_forward(theta, obs, spec, noise=None):
     return torch.ops.obd_fast.policy_forward(theta, obs, noise, *spec_args(spec))
+
+
+def stored_state_bytes(spec: PolicySpec, n_syn: int, steps: int, checkpoint_every: Optional[int] = None,
+                       momentum: float = 0.0, dtype: torch.dtype = torch.float32) -> int:
+    """Bytes the fused unroll keeps for its reverse pass at its peak (csrc/unroll.cpp).
+
+    Default: theta_0..theta_T and every step's record (hidden activations, each layer's
+    dloss/dz, the last layer's output). With ``checkpoint_every=k``: theta (and the momentum
+    buffer) every k steps, plus the one segment of k steps the reverse pass recomputes.
+    """
+    params = spec.num_params
+    record = n_syn * (2 * sum(spec.hidden) + 2 * spec.out_dim)
+    if checkpoint_every is None:
+        floats = (steps + 1) * params + steps * record
+    else:
+        k = min(checkpoint_every, steps)
+        checkpoints = -(-steps // k)
+        floats = checkpoints * params * (2 if momentum else 1) + (k + 1) * params + k * record
+    return floats * torch.empty(0, dtype=dtype).element_size()

@@ -252,3 +252,24 @@ def test_fused_bf16_cosine():
     # the knob must really change the arithmetic: bf16 is further from float64 than native float32
     assert rel_err(bf[1], r64[1]) > 10 * rel_err(native[1], r64[1])
     assert all(x.dtype == torch.float32 for x in bf)
+
+
+@pytest.mark.parametrize("checkpoint_every,momentum", [(None, 0.0), (None, 0.9), (3, 0.0), (4, 0.9), (10, 0.0)])
+def test_stored_state_bytes_matches_the_tape(checkpoint_every, momentum):
+    """The memory estimate (used by benchmarks and the memory guard) equals what the op keeps."""
+    from obd_fast.fused import InnerConfig, spec_args, stored_state_bytes
+
+    spec = obd_fast.PolicySpec(5, 2, (13, 9))
+    steps, n = 10, 7
+    theta0 = spec.init_params()
+    s, a = torch.randn(n, 5), torch.rand(n, 2)
+    cfg = InnerConfig(steps, 0.1, momentum, 0.0, checkpoint_every)
+    tape = torch.ops.obd_fast.unroll_forward(theta0, s, a, None, *spec_args(spec), *cfg.op_args())
+    kept = sum(t.numel() * t.element_size() for t in tape[1:])  # tape[0] is theta_T itself
+    want = stored_state_bytes(spec, n, steps, checkpoint_every, momentum)
+    if checkpoint_every is None:
+        assert kept == want
+    else:  # the reverse pass adds one recomputed segment of k steps
+        k = checkpoint_every
+        record = n * (2 * sum(spec.hidden) + 2 * spec.out_dim)
+        assert kept + 4 * ((k + 1) * spec.num_params + k * record) == want
