@@ -36,6 +36,8 @@ case "$cmd" in
   setup) ;;
   demo) exec "$VENV/bin/obd-fast" demo "$@" ;;
   test) exec "$VENV/bin/python" -m pytest -q "$@" ;;
-  bench) exec "$VENV/bin/python" -m pytest benchmarks -q -o addopts="" "$@" ;;
+  bench)
+    "$VENV/bin/python" -c "import matplotlib" >/dev/null 2>&1 || "$VENV/bin/python" -m pip install -q ".[bench]"
+    exec "$VENV/bin/python" -m pytest benchmarks -q -o addopts="" "$@" ;;
   *) echo "usage: ./run.sh {demo|test|bench|setup} [args...]" >&2; exit 2 ;;
 esac
