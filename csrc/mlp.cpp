@@ -110,21 +110,6 @@ Workspace::Workspace(const Mlp& mlp, int64_t n, const at::TensorOptions& opts) {
     q.push_back(at::empty({n, mlp.widths[l]}, opts));
   }
   partials = at::empty({3, n * mlp.act}, opts);
-  if (opts.device().is_cuda()) ones = at::ones({n}, opts);
-}
-
-// out (m,) <- the column sums of x (n, m): bias gradients.
-void column_sums(const at::Tensor& out, const at::Tensor& x, const Workspace& ws) {
-  at::Tensor o = out;
-  if (x.is_cuda()) {
-    // On CUDA a gemv with a ones vector is ~3x faster than ATen's column reduction at these
-    // shapes (benchmarks/results/gpu_h100_profile_*.md).
-    at::mv_out(o, x.t(), ws.ones);
-  } else {
-    // On the CPU keep ATen's reduction: the float32 paper-setting accuracy test was measured with
-    // its summation order (a gemv's order moved that run across a ReLU kink).
-    at::sum_out(o, x, {0});
-  }
 }
 
 HeadInputs head_inputs(const Mlp& mlp, const at::Tensor& theta, const LossBatch& batch, const at::Tensor& z_out) {
@@ -167,7 +152,8 @@ void loss_grad(const Mlp& mlp, const Gemm& mm, const at::Tensor& theta, const Lo
     const at::Tensor& p = rec.grad[l];
     const at::Tensor p_op = mm.operand(p);
     mm(mlp.weight(grad, l), p_op.t(), inputs[l], false);
-    column_sums(mlp.bias(grad, l), p, ws);
+    at::Tensor g_bias = mlp.bias(grad, l);
+    at::sum_out(g_bias, p, {0});
     if (l > 0) {
       at::Tensor p_prev = rec.grad[l - 1];
       mm(p_prev, p_op, mlp.weight(th, l), false);
@@ -215,7 +201,8 @@ void hessian_vector(const Mlp& mlp, const Gemm& mm, const at::Tensor& theta, con
     const at::Tensor hw = mlp.weight(hu, l);
     mm(hw, q_op.t(), inputs[l], false);
     if (l > 0) mm(hw, p_op.t(), tangents[l - 1], true);
-    column_sums(mlp.bias(hu, l), q, ws);
+    at::Tensor hb = mlp.bias(hu, l);
+    at::sum_out(hb, q, {0});
     if (l > 0) {
       at::Tensor q_prev = ws.q[l - 1];
       mm(q_prev, q_op, mlp.weight(th, l), false);

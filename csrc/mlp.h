@@ -67,7 +67,6 @@ struct Workspace {
   std::vector<at::Tensor> tangent;  // Zdot_l / Adot_l, (n, width_l)
   std::vector<at::Tensor> q;        // Q_l, (n, width_l)
   at::Tensor partials;              // (3, n * act)
-  at::Tensor ones;                  // (n,) on CUDA: bias gradients as P^T 1 (column_sums)
   Workspace(const Mlp& mlp, int64_t n, const at::TensorOptions& opts);
 };
 
