@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -88,7 +88,7 @@ class PolicySpec:
         return isinstance(other, PolicySpec) and self.to_dict() == other.to_dict()
 
     def __hash__(self) -> int:
-        return hash(tuple(sorted(self.to_dict().items())))
+        return hash((self.obs_dim, self.act_dim, self.hidden, self.head, self.max_action))
 
     def to_dict(self) -> dict:
         return dict(obs_dim=self.obs_dim, act_dim=self.act_dim, hidden=list(self.hidden),
@@ -213,7 +213,7 @@ class PolicyModule(nn.Module):
             self.log_std_multiplier = Scalar(1.0)
             self.log_std_offset = Scalar(-1.0)
 
-    def linears(self) -> Iterator[nn.Linear]:
+    def linears(self) -> List[nn.Linear]:
         return [m for m in self.base_network if isinstance(m, nn.Linear)]
 
     def forward(self, obs: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:

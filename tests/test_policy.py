@@ -215,3 +215,10 @@ def test_load_corl_calql_actor():
         if i < 6:
             x = torch.relu(x)
     assert torch.allclose(spec.forward(theta, obs), torch.tanh(x[:, :3]), atol=1e-6)
+
+
+def test_spec_equality_hash_and_dict_round_trip():
+    a = PolicySpec(5, 2, (13, 9), head="tanh", max_action=2.0)
+    b = PolicySpec.from_dict(a.to_dict())
+    assert a == b and hash(a) == hash(b) and len({a, b}) == 1
+    assert a != PolicySpec(5, 2, (13, 9), head="gaussian", max_action=2.0)
