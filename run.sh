@@ -21,11 +21,15 @@ setup() {
   if ! "$py" -c "import torch" >/dev/null 2>&1; then
     "$py" -m pip install -q "torch==2.13.0"
   fi
-  if ! "$py" -c "import obd_fast._C, pytest, pytest_benchmark, hypothesis, tqdm" >/dev/null 2>&1 \
-     || [ -n "${OBD_FAST_REBUILD:-}" ]; then
+  # (Re)install when nothing is installed yet, or the dependencies or C++/CUDA sources changed
+  # since the last install (stamp file), or OBD_FAST_REBUILD is set.
+  local stamp="$VENV/.obd-fast-installed"
+  if [ ! -f "$stamp" ] || [ -n "${OBD_FAST_REBUILD:-}" ] \
+     || [ -n "$(find pyproject.toml setup.py csrc -newer "$stamp" -print -quit)" ]; then
     "$py" -m pip install -q setuptools wheel ninja
     # No build isolation: the extension must be built against the torch installed here.
     "$py" -m pip install -q --no-build-isolation -e ".[test]"
+    touch "$stamp"
   fi
 }
 
