@@ -16,28 +16,21 @@ void Gemm::operator()(const at::Tensor& out, const at::Tensor& a, const at::Tens
   // CPU BLAS handles a tall, narrow output (e.g. 256 x obs_dim) far worse than its wide
   // transpose: compute (b^T a^T) and write it back transposed. (On CUDA the copy would only
   // add a kernel launch.)
-  if (out.is_cpu() && out.size(1) < 32 && out.size(0) >= 4 * out.size(1)) {
-    const at::Tensor r = at::mm(operand(b.t()), operand(a.t())).t();
+  const bool transposed = out.is_cpu() && out.size(1) < 32 && out.size(0) >= 4 * out.size(1);
+  if (!transposed && precision != Precision::kBF16) {
     if (accumulate) {
-      o.add_(r);
+      o.addmm_(a, b);
     } else {
-      o.copy_(r);
+      at::mm_out(o, a, b);
     }
     return;
   }
-  if (precision == Precision::kBF16) {
-    const at::Tensor r = at::mm(operand(a), operand(b));
-    if (accumulate) {
-      o.add_(r);
-    } else {
-      o.copy_(r);
-    }
-    return;
-  }
+  // The product lands in a temporary (transposed, or bf16); store or add it.
+  const at::Tensor r = transposed ? at::mm(operand(b.t()), operand(a.t())).t() : at::mm(operand(a), operand(b));
   if (accumulate) {
-    o.addmm_(a, b);
+    o.add_(r);
   } else {
-    at::mm_out(o, a, b);
+    o.copy_(r);
   }
 }
 
