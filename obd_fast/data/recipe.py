@@ -1,0 +1,395 @@
+"""The project's own D4RL-style datasets: train online SAC on a Gymnasium MuJoCo task until it
+reaches about a third of expert return, then write
+
+* ``medium``: rollouts of that policy (stochastic actions, as D4RL's medium sets), and
+* ``medium-replay``: every transition of its replay buffer up to then,
+
+as Minari datasets and as compressed ``.npz`` files with D4RL's keys (the bundled form).
+
+Run ``obd-fast make-dataset --out DIR`` or :func:`make_dataset`. The run checkpoints atomically at
+episode boundaries (agent, optimizers, replay buffer, every random generator), so a killed run
+resumes where it stopped with ``--resume`` and gives the same result as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import torch
+
+from ..checkpoint import atomic_torch_save, atomic_write_text
+from .errors import DatasetError
+from .scores import normalized_score, reference_scores, task_name
+
+
+@dataclass
+class RecipeConfig:
+    env_id: str = "Hopper-v5"
+    seed: int = 0
+    target_score: float = 33.3        # normalized return (0-100) at which the behavior policy is frozen
+    max_env_steps: int = 400_000       # give up (with the last policy) after this many training steps
+    start_steps: int = 5_000           # uniform random actions first, as SAC usually does
+    eval_every: int = 5_000            # env steps between evaluations of the stochastic policy
+    eval_episodes: int = 5
+    medium_transitions: int = 100_000  # rollouts of the frozen policy (whole episodes, at least this many rows)
+    checkpoint_every: int = 10_000     # env steps between resumable checkpoints (taken at episode ends)
+    batch_size: int = 256
+    hidden: tuple = (256, 256)
+    threads: int = 1                   # torch threads; small nets gain little from more
+
+
+class _Env:
+    """A Gymnasium env whose episodes are seeded by episode number (so resuming needs no env state)."""
+
+    def __init__(self, env_id: str, seed: int):
+        import gymnasium as gym
+
+        self.env = gym.make(env_id)
+        self.seed = seed
+
+    def reset(self, episode: int):
+        obs, _ = self.env.reset(seed=self.seed * 1_000_003 + episode)
+        return obs
+
+
+def _evaluate(actor, env_id: str, episodes: int, seed: int, generator: torch.Generator) -> np.ndarray:
+    env = _Env(env_id, seed + 7919)
+    returns = []
+    for ep in range(episodes):
+        obs, done, total = env.reset(ep), False, 0.0
+        while not done:
+            action = actor.act(obs, deterministic=False, generator=generator)
+            obs, reward, term, trunc, _ = env.env.step(action)
+            total += reward
+            done = term or trunc
+        returns.append(total)
+    env.env.close()
+    return np.asarray(returns)
+
+
+def _rollout_episodes(actor, env_id: str, min_transitions: int, seed: int, generator, progress) -> List[dict]:
+    """Whole episodes of the stochastic policy until at least ``min_transitions`` rows."""
+    env = _Env(env_id, seed + 104729)
+    episodes, rows, ep = [], 0, 0
+    while rows < min_transitions:
+        obs = env.reset(ep)
+        o, a, r, term, trunc = [obs], [], [], [], []
+        done = False
+        while not done:
+            action = actor.act(obs, deterministic=False, generator=generator)
+            obs, reward, te, tr, _ = env.env.step(action)
+            o.append(obs), a.append(action), r.append(reward), term.append(te), trunc.append(tr)
+            done = te or tr
+        episodes.append(dict(observations=np.asarray(o), actions=np.asarray(a, np.float32),
+                             rewards=np.asarray(r), terminations=np.asarray(term), truncations=np.asarray(trunc)))
+        rows += len(r)
+        ep += 1
+        progress.update(len(r))
+    env.env.close()
+    return episodes
+
+
+def _episodes_from_replay(buf, episode_log) -> List[dict]:
+    """Replay-buffer rows split into episodes with the recorded end flags."""
+    episodes, start = [], 0
+    for length, terminated in episode_log:
+        end = start + length
+        obs = np.concatenate([buf.observations[start:end], buf.next_observations[end - 1:end]]).astype(np.float64)
+        term = np.zeros(length, bool)
+        trunc = np.zeros(length, bool)
+        term[-1], trunc[-1] = bool(terminated), not terminated
+        episodes.append(dict(observations=obs, actions=buf.actions[start:end].copy(), rewards=buf.rewards[start:end].astype(np.float64),
+                             terminations=term, truncations=trunc))
+        start = end
+    return episodes
+
+
+def episodes_to_flat(episodes: List[dict]) -> dict:
+    """Episodes to D4RL's flat keys (float32 like D4RL files), with next_observations."""
+    cat = lambda key, sl: np.concatenate([ep[key][sl] for ep in episodes])  # noqa: E731
+    return dict(observations=cat("observations", slice(None, -1)).astype(np.float32),
+                next_observations=cat("observations", slice(1, None)).astype(np.float32),
+                actions=cat("actions", slice(None)).astype(np.float32),
+                rewards=cat("rewards", slice(None)).astype(np.float32),
+                terminals=cat("terminations", slice(None)), timeouts=cat("truncations", slice(None)))
+
+
+def write_minari(dataset_id: str, episodes: List[dict], env_id: str, root: Path, metadata: dict) -> Path:
+    """Write a Minari dataset under ``root`` via a temporary root, so a crash leaves nothing half-written."""
+    import gymnasium as gym
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    lo, hi = (metadata["ref_min_score"], metadata["ref_max_score"])
+    buffers = [EpisodeBuffer(id=i, observations=ep["observations"], actions=ep["actions"], rewards=ep["rewards"],
+                             terminations=ep["terminations"], truncations=ep["truncations"])
+               for i, ep in enumerate(episodes)]
+    final = root / dataset_id
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root, prefix=".writing-") as tmp:
+        old = os.environ.get("MINARI_DATASETS_PATH")
+        os.environ["MINARI_DATASETS_PATH"] = tmp
+        try:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # minari warns about unset author / permalink fields
+                minari.create_dataset_from_buffers(
+                    dataset_id, buffers, env=gym.make(env_id), algorithm_name="obd-fast SAC recipe",
+                    ref_min_score=lo, ref_max_score=hi, description=metadata.get("description"))
+        finally:
+            if old is None:
+                os.environ.pop("MINARI_DATASETS_PATH")
+            else:
+                os.environ["MINARI_DATASETS_PATH"] = old
+        if final.exists():
+            shutil.rmtree(final)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(Path(tmp) / dataset_id, final)
+    return final
+
+
+def write_npz(path: Path, episodes: List[dict], env_id: str) -> Path:
+    flat = episodes_to_flat(episodes)
+    path = Path(path)
+    from ..checkpoint import atomic_write
+
+    return atomic_write(path, lambda tmp: np.savez_compressed(open(tmp, "wb"), env_id=np.asarray(env_id), **flat))
+
+
+def dataset_stats(episodes: List[dict], env_id: str) -> dict:
+    returns = np.asarray([ep["rewards"].sum() for ep in episodes])
+    lengths = np.asarray([len(ep["rewards"]) for ep in episodes])
+    scores = normalized_score(env_id, returns)
+    return dict(transitions=int(lengths.sum()), episodes=len(episodes),
+                return_mean=float(returns.mean()), return_std=float(returns.std()),
+                return_min=float(returns.min()), return_max=float(returns.max()),
+                normalized_mean=float(np.mean(scores)), normalized_std=float(np.std(scores)),
+                episode_length_mean=float(lengths.mean()),
+                terminated_episodes=int(sum(bool(ep["terminations"][-1]) for ep in episodes)))
+
+
+def make_dataset(out_dir, config: Optional[RecipeConfig] = None, resume: bool = False, progress: bool = True) -> dict:
+    """Run the recipe into ``out_dir``; returns the summary (also ``out_dir/summary.json``)."""
+    from tqdm.auto import tqdm
+
+    from ..rl import SAC, ReplayBuffer, SACConfig
+
+    cfg = config or RecipeConfig()
+    task = task_name(cfg.env_id)
+    if task is None:
+        raise DatasetError(f"make_dataset: {cfg.env_id!r} has no D4RL reference scores (hopper, halfcheetah, walker2d)")
+    out = Path(out_dir)
+    ckpt_path = out / "checkpoint.pt"
+    if ckpt_path.exists() and not resume:
+        raise DatasetError(f"{out} already holds a recipe checkpoint: pass resume=True (--resume) or another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+
+    env = _Env(cfg.env_id, cfg.seed)
+    obs_dim = env.env.observation_space.shape[0]
+    act_dim = env.env.action_space.shape[0]
+    torch.manual_seed(cfg.seed)  # before the networks are made: the seed fixes their init too
+    agent = SAC(obs_dim, act_dim, SACConfig(actor_hidden=cfg.hidden, critic_hidden=cfg.hidden, batch_size=cfg.batch_size))
+    buf = ReplayBuffer(obs_dim, act_dim, cfg.max_env_steps + 1000, seed=cfg.seed)
+    act_rng = np.random.default_rng(cfg.seed + 1)
+    eval_gen = torch.Generator().manual_seed(cfg.seed + 2)
+    state = dict(env_steps=0, episode=0, episode_log=[], evals=[], last_ckpt=0, frozen=False, started=time.time(),
+                 elapsed_before=0.0)
+
+    if resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, weights_only=False)
+        if ck["config"] != asdict(cfg):
+            raise DatasetError(f"{ckpt_path} was made with another configuration: {ck['config']}")
+        agent.load_state_dict(ck["agent"])
+        buf.load_state_dict(ck["replay"])
+        torch.set_rng_state(ck["torch_rng"])
+        act_rng.bit_generator.state = ck["act_rng"]
+        eval_gen.set_state(ck["eval_rng"])
+        state.update(ck["state"], started=time.time())
+
+    def save_checkpoint():
+        state["elapsed_before"] += time.time() - state["started"]
+        state["started"] = time.time()
+        atomic_torch_save(dict(config=asdict(cfg), agent=agent.state_dict(), replay=buf.state_dict(),
+                               torch_rng=torch.get_rng_state(), act_rng=act_rng.bit_generator.state,
+                               eval_rng=eval_gen.get_state(), state=state), ckpt_path)
+        state["last_ckpt"] = state["env_steps"]
+
+    bar = tqdm(total=cfg.max_env_steps, initial=state["env_steps"], desc="SAC", disable=not progress, unit="step")
+    while not state["frozen"] and state["env_steps"] < cfg.max_env_steps:
+        obs, done, length = env.reset(state["episode"]), False, 0
+        while not done:
+            if state["env_steps"] < cfg.start_steps:
+                action = act_rng.uniform(-1.0, 1.0, act_dim).astype(np.float32)
+            else:
+                action = agent.actor.act(obs, deterministic=False)
+            next_obs, reward, term, trunc, _ = env.env.step(action)
+            buf.add(obs, action, reward, next_obs, term)
+            obs, done, length = next_obs, term or trunc, length + 1
+            state["env_steps"] += 1
+            if state["env_steps"] >= cfg.start_steps:
+                info = agent.update(buf.sample(cfg.batch_size))
+            if state["env_steps"] % cfg.eval_every == 0:
+                returns = _evaluate(agent.actor, cfg.env_id, cfg.eval_episodes, cfg.seed, eval_gen)
+                score = float(np.mean(normalized_score(cfg.env_id, returns)))
+                state["evals"].append((state["env_steps"], float(returns.mean()), score))
+                bar.set_postfix(score=f"{score:.1f}", alpha=f"{info['alpha']:.3f}" if state["env_steps"] > cfg.start_steps else "-")
+                if score >= cfg.target_score:
+                    state["frozen"] = True  # freeze the policy that was evaluated: stop right here
+            bar.update(1)
+            if state["frozen"] or state["env_steps"] >= cfg.max_env_steps:
+                break
+        # an episode cut by the freeze or the step budget counts as truncated
+        state["episode_log"].append((length, bool(done and term)))
+        state["episode"] += 1
+        if state["env_steps"] - state["last_ckpt"] >= cfg.checkpoint_every or state["frozen"]:
+            save_checkpoint()
+    bar.close()
+    env.env.close()
+    train_seconds = state["elapsed_before"] + time.time() - state["started"]
+    if not state["frozen"]:
+        import warnings
+
+        warnings.warn(f"SAC did not reach normalized score {cfg.target_score} in {cfg.max_env_steps} steps; "
+                      "the datasets use the last policy")
+
+    atomic_torch_save(dict(actor=agent.actor.state_dict(), hidden=list(cfg.hidden), env_id=cfg.env_id,
+                           evals=state["evals"]), out / "behavior_policy.pt")
+    t0 = time.time()
+    gen = torch.Generator().manual_seed(cfg.seed + 3)
+    with tqdm(total=cfg.medium_transitions, desc="medium rollouts", disable=not progress, unit="step") as p:
+        medium = _rollout_episodes(agent.actor, cfg.env_id, cfg.medium_transitions, cfg.seed, gen, p)
+    replay = _episodes_from_replay(buf, state["episode_log"])
+    rollout_seconds = time.time() - t0
+
+    lo, hi = reference_scores(cfg.env_id)
+    env_name = task
+    outputs = {}
+    for kind, episodes in (("medium", medium), ("medium-replay", replay)):
+        meta = dict(ref_min_score=lo, ref_max_score=hi,
+                    description=f"obd-fast recipe: SAC on {cfg.env_id}, seed {cfg.seed}, {kind}")
+        minari_path = write_minari(f"obd-fast/{env_name}/{kind}-v0", episodes, cfg.env_id, out / "minari", meta)
+        npz_path = write_npz(out / f"{env_name}-{kind}.npz", episodes, cfg.env_id)
+        outputs[kind] = dict(minari=str(minari_path.relative_to(out)), npz=npz_path.name,
+                             npz_bytes=npz_path.stat().st_size, **dataset_stats(episodes, cfg.env_id))
+    summary = dict(config=asdict(cfg), reached_target=state["frozen"], train_env_steps=state["env_steps"],
+                   train_seconds=round(train_seconds, 1), rollout_seconds=round(rollout_seconds, 1),
+                   evaluations=[dict(env_steps=s, return_mean=r, normalized=n) for s, r, n in state["evals"]],
+                   datasets=outputs)
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    _save_curve(out, state["evals"], cfg)
+    return summary
+
+
+def _save_curve(out: Path, evals, cfg: RecipeConfig) -> None:
+    with open(out / "training_curve.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["env_steps", "return_mean", "normalized_score"])
+        w.writerows(evals)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if evals:
+        steps, _, scores = zip(*evals)
+        ax.plot(steps, scores, marker="o")
+    ax.axhline(cfg.target_score, ls="--", c="gray", label="target")
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("normalized return")
+    ax.set_title(f"SAC on {cfg.env_id} (seed {cfg.seed})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "training_curve.png", dpi=120)
+    plt.close(fig)
+
+
+BUNDLE_README = """# Bundled dataset: {name}
+
+Made by the project's own recipe (`obd_fast/data/recipe.py`): online SAC on Gymnasium
+`{env_id}` (MuJoCo), frozen when its stochastic policy's mean normalized return over
+{eval_episodes} evaluation episodes first reached {target_score}; then rollouts of that policy
+(stochastic actions, whole episodes) until at least {medium_transitions} transitions, as D4RL's
+"medium" datasets were made. Nothing here was downloaded.
+
+Command (from the repository root; it also writes the Minari and medium-replay versions):
+
+    python -m obd_fast.data.recipe --env {env_id} --seed {seed} --out runs/{task}-recipe --bundle
+
+| what | value |
+| --- | --- |
+| seed | {seed} |
+| SAC training steps until frozen | {train_env_steps} (reached target: {reached_target}) |
+| behavior policy at freeze (evaluation) | return {freeze_return:.1f}, normalized {freeze_score:.1f} |
+| recipe wall time here (2-core CPU, 1 torch thread) | {wall_minutes:.1f} min |
+| transitions / episodes | {transitions} / {episodes} |
+| episode return mean +- std (min, max) | {return_mean:.1f} +- {return_std:.1f} ({return_min:.1f}, {return_max:.1f}) |
+| normalized return of the dataset's episodes | {normalized_mean:.1f} +- {normalized_std:.1f} |
+| mean episode length; episodes ended by a fall | {episode_length_mean:.1f}; {terminated_episodes} |
+| file | `{file}` ({megabytes:.1f} MB; D4RL keys, float32, with next_observations) |
+
+Load it with `obd_fast.data.load_dataset("bundled:{name}")`. Normalized scores use D4RL's
+reference returns for {task} ({ref_min} random, {ref_max} expert).
+"""
+
+
+def write_bundle(run_dir, dest, kind: str = "medium") -> Path:
+    """Copy a finished recipe run's ``kind`` npz into ``dest`` with a README of how it was made."""
+    run_dir, dest = Path(run_dir), Path(dest)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    cfg, ds = summary["config"], summary["datasets"][kind]
+    task = task_name(cfg["env_id"])
+    lo, hi = reference_scores(cfg["env_id"])
+    last = summary["evaluations"][-1] if summary["evaluations"] else dict(return_mean=float("nan"), normalized=float("nan"))
+    dest.mkdir(parents=True, exist_ok=True)
+    target = dest / ds["npz"]
+    shutil.copyfile(run_dir / ds["npz"], target)
+    text = BUNDLE_README.format(
+        name=dest.name, task=task, file=target.name, megabytes=target.stat().st_size / 1e6,
+        freeze_return=last["return_mean"], freeze_score=last["normalized"], ref_min=lo, ref_max=hi,
+        wall_minutes=(summary["train_seconds"] + summary["rollout_seconds"]) / 60,
+        train_env_steps=summary["train_env_steps"], reached_target=summary["reached_target"], **cfg,
+        **{k: v for k, v in ds.items() if k not in ("npz", "minari", "npz_bytes")})
+    atomic_write_text(dest / "README.md", text)
+    return target
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m obd_fast.data.recipe", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="run directory (checkpoint, datasets, summary)")
+    p.add_argument("--env", default=RecipeConfig.env_id)
+    p.add_argument("--seed", type=int, default=RecipeConfig.seed)
+    p.add_argument("--target-score", type=float, default=RecipeConfig.target_score)
+    p.add_argument("--transitions", type=int, default=RecipeConfig.medium_transitions)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--bundle", metavar="DIR", nargs="?", const="", default=None,
+                   help="also copy the medium set with a README into DIR (default: the package's bundled/<task>-medium)")
+    args = p.parse_args(argv)
+    cfg = RecipeConfig(env_id=args.env, seed=args.seed, target_score=args.target_score,
+                       medium_transitions=args.transitions)
+    summary = make_dataset(args.out, cfg, resume=args.resume)
+    print(json.dumps(summary["datasets"], indent=1))
+    if args.bundle is not None:
+        from .loaders import BUNDLED_ROOT
+
+        dest = Path(args.bundle) if args.bundle else BUNDLED_ROOT / f"{task_name(cfg.env_id)}-medium"
+        print(f"bundled: {write_bundle(args.out, dest)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
