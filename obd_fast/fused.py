@@ -93,15 +93,40 @@ class FusedWeightedLoss(torch.autograd.Function):
         return (*out, None, None, None)
 
 
+def _check_aux(name: str, t, shape, like: torch.Tensor) -> None:
+    """The compiled ops check theta, obs and target but read noise and weight by position only:
+    a wrong shape there would read past the buffer. Cheap (no device sync), so it also runs for
+    callers that bypass obd_fast.ops (e.g. graph.py) and inside CUDA-graph capture."""
+    if t is None:
+        return
+    if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(shape):
+        got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {got}")
+    if t.dtype != like.dtype or t.device != like.device:
+        raise ValueError(f"{name} must be {like.dtype} on {like.device} like theta, got {t.dtype} on {t.device}")
+
+
+def _check_noise_and_weight(spec: PolicySpec, like, n: int, noise=None, steps: Optional[int] = None,
+                            weight=None, noise_name: str = "noise") -> None:
+    if noise is not None and spec.head != "gaussian":
+        raise ValueError(f"{noise_name} must be None for the {spec.head!r} head (it has no sampling)")
+    _check_aux(noise_name, noise, (n, spec.act_dim) if steps is None else (steps, n, spec.act_dim), like)
+    _check_aux("weight", weight, (n,), like)
+
+
 def unroll_bc(theta0, syn_obs, syn_act, spec, noise, cfg: InnerConfig):
+    _check_noise_and_weight(spec, theta0, syn_obs.shape[0], noise, cfg.steps)
     return FusedUnroll.apply(theta0, syn_obs, syn_act, noise, spec, cfg)
 
 
 def weighted_bc_loss(theta, spec, obs, target, weight, noise, precision):
+    _check_noise_and_weight(spec, theta, obs.shape[0], noise, None, weight)
     return FusedWeightedLoss.apply(theta, obs, target, weight, noise, spec, precision)
 
 
 def meta_gradient(theta0, syn_obs, syn_act, spec, obs, target, weight, inner_noise, outer_noise, cfg: InnerConfig):
+    _check_noise_and_weight(spec, theta0, syn_obs.shape[0], inner_noise, cfg.steps, noise_name="inner_noise")
+    _check_noise_and_weight(spec, theta0, obs.shape[0], outer_noise, None, weight, noise_name="outer_noise")
     with matmul_precision(cfg.precision):
         loss, d_obs, d_act = torch.ops.obd_fast.meta_gradient(theta0, syn_obs, syn_act, inner_noise, obs, target,
                                                               weight, outer_noise, *spec_args(spec), *cfg.op_args())
@@ -109,6 +134,7 @@ def meta_gradient(theta0, syn_obs, syn_act, spec, obs, target, weight, inner_noi
 
 
 def policy_forward(theta, obs, spec, noise=None):
+    _check_noise_and_weight(spec, theta, obs.shape[0], noise)
     return torch.ops.obd_fast.policy_forward(theta, obs, noise, *spec_args(spec))
 
 

@@ -135,10 +135,17 @@ def test_missing_files_and_unknown_sources(tmp_path):
         load_dataset(tmp_path / "x.npz", expected_env="ant")
 
 
-def test_bundled_hopper_medium_not_built_yet():
-    with pytest.raises(FileNotFoundError, match="bundled dataset 'hopper-medium' is not built yet") as info:
-        load_dataset("bundled:hopper-medium")
-    assert isinstance(info.value, DatasetError) and "Hopper-v5" in str(info.value)
+def test_bundled_hopper_medium_ships_with_the_package():
+    from obd_fast.data.loaders import BUNDLED_ROOT
+
+    data = load_dataset("bundled:hopper-medium", expected_env="Hopper-v5")
+    assert len(data) >= 100_000 and data.env_id == "Hopper-v5"
+    files = [p for p in (BUNDLED_ROOT / "hopper-medium").iterdir()]
+    assert sum(p.stat().st_size for p in files) <= 15e6
+    assert "README.md" in {p.name for p in files}
+    # the README's statistics are those of the shipped file
+    readme = (BUNDLED_ROOT / "hopper-medium" / "README.md").read_text()
+    assert f"| transitions / episodes | {len(data)} / {data.num_episodes} |" in readme
     with pytest.raises(DatasetNotFoundError, match="unknown bundled dataset 'nope'"):
         load_dataset("bundled:nope")
 
