@@ -4,14 +4,24 @@ The core (DESIGN.md's public contract): a policy is a flat parameter vector laid
 :class:`PolicySpec`; :func:`unroll_bc` trains it by SGD on synthetic pairs and is differentiable
 through every step; :func:`weighted_bc_loss` is the outer objective; :func:`meta_gradient` does
 both at once.
+
+The pipeline on top: :func:`distill` / :class:`Distiller` (DBC, PBC, Av-PBC with the paper's
+:class:`DistillConfig`) produce a :class:`SyntheticSet`; :mod:`obd_fast.evaluate` trains policies
+on it by BC and rolls them out (:func:`evaluate_synset`, :func:`train_bc`, baselines).
 """
 from ._extension import available as fused_available, build_info
 from .ops import meta_gradient, policy_forward, unroll_bc, weighted_bc_loss
 from .policy import PolicyModule, PolicySpec
+from .synset import SynsetError, SyntheticSet
+from .distill import DistillConfig, Distiller, NonFiniteError, distill
+from . import evaluate
+from .evaluate import evaluate_synset, train_bc
 
 __version__ = "0.1.0"
 
 __all__ = [
     "PolicySpec", "PolicyModule", "unroll_bc", "weighted_bc_loss", "meta_gradient", "policy_forward",
     "fused_available", "build_info", "__version__",
+    "SyntheticSet", "SynsetError", "DistillConfig", "Distiller", "NonFiniteError", "distill",
+    "evaluate", "evaluate_synset", "train_bc",
 ]

@@ -1,17 +1,28 @@
 """The ``obd-fast`` command line.
 
-Bad arguments and bad inputs end with exit code 2 and one line on stderr (``--debug`` shows the
-traceback).
+Bad arguments and bad inputs (missing or corrupt files, unknown datasets, teachers that do not
+fit) end with exit code 2 and one line on stderr, ``obd-fast: error: ...`` (``--debug`` shows the
+traceback instead).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 EXAMPLES = """examples:
-  obd-fast demo                      distill a synthetic set for a known teacher (1-2 min on a CPU)
-  obd-fast demo --outer-steps 5      a quicker look
-  obd-fast info                      which backends this install has
+  obd-fast demo                         DBC, PBC and Av-PBC on the bundled hopper data (<= 15 min on a CPU)
+  obd-fast demo --quick                 the same pipeline on a tiny budget (< 1 min)
+  obd-fast make-dataset --out runs/data/hopper
+  obd-fast train-teacher --data bundled:hopper-medium --algo calql --steps 200000 --out runs/teacher
+  obd-fast distill --data bundled:hopper-medium --teacher runs/teacher/teacher.pt \\
+                   --objective av-pbc --steps 20000 --out runs/avpbc
+  obd-fast distill ... --out runs/avpbc --resume      continue an interrupted run (same result)
+  obd-fast evaluate --synset runs/avpbc/synset.pt --episodes 10 --policies 5
+  obd-fast evaluate --synset runs/avpbc/synset.pt --arch all --optimizer all
+  obd-fast evaluate --synset runs/avpbc/synset.pt --ensemble 10 --baselines all
+  obd-fast bench --precision bf16        fused vs reference meta-gradient, one outer step
+  obd-fast info                         version, backends, bundled files
 """
 
 
@@ -24,29 +35,359 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"obd-fast: error: {message}\n")
 
 
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _widths(text: str) -> tuple:
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer widths like 256,256,256, "
+                                         f"got {text!r}") from None
+    if not widths or any(w < 1 for w in widths):
+        raise argparse.ArgumentTypeError(f"layer widths must be >= 1, got {text!r}")
+    return widths
+
+
+POS = _int_at_least(1)
+NONNEG = _int_at_least(0)
+PRECISIONS = ("native", "bf16", "tf32")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="obd-fast", description="Fast offline behavior distillation.", epilog=EXAMPLES,
+    from .distill import INITS
+    from .evaluate import ARCHS, BASELINES, OPTIMIZERS
+    from .synset import OBJECTIVES
+
+    p = _Parser(prog="obd-fast", description="Fast offline behavior distillation (OBD).", epilog=EXAMPLES,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--threads", type=POS, default=None,
+                   help="torch CPU threads (default: torch's; 1 is faster on a machine busy with other work)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+    fmt = dict(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
-    d = sub.add_parser("demo", help="distill a synthetic set for a known teacher (demonstration of the core)")
-    d.add_argument("--outer-steps", type=int, default=40)
-    d.add_argument("--steps", type=int, default=100, help="inner BC steps per outer step (paper: 100)")
+    d = sub.add_parser("demo", help="DBC/PBC/Av-PBC on the bundled hopper data and teacher, with a table", **fmt)
+    d.add_argument("--quick", action="store_true", help="tiny budget (< 1 min): a smoke test of the pipeline")
+    d.add_argument("--out", default=None, help="output directory (default runs/demo, runs/demo-quick with --quick)")
+    d.add_argument("--outer-steps", type=POS, default=None, help="outer steps per objective (default 400; quick 3)")
+    d.add_argument("--max-minutes", type=_positive_float, default=None,
+                   help="wall-clock budget of the three distillations with their evaluations (default 11)")
+    d.add_argument("--episodes", type=POS, default=None, help="rollouts per evaluated policy (default 10)")
+    d.add_argument("--policies", type=POS, default=None, help="BC policies evaluated per set (default 5)")
+    d.add_argument("--precision", choices=PRECISIONS, default="bf16")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--backend", choices=("auto", "fused", "reference"), default="auto")
+    d.add_argument("--data", default=None, help="dataset instead of bundled:hopper-medium (a Hopper-v5 one)")
+    d.add_argument("--teacher", default=None, help="teacher checkpoint instead of the bundled one")
+    d.add_argument("--device", default="cpu")
+    d.add_argument("--no-progress", action="store_true")
 
-    sub.add_parser("info", help="print the version and the available backends")
+    m = sub.add_parser("make-dataset", help="make a D4RL-style medium dataset with online SAC (the recipe)", **fmt)
+    m.add_argument("--out", required=True, help="run directory (checkpoint, datasets, summary)")
+    m.add_argument("--env", default="Hopper-v5")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--target-score", type=_positive_float, default=33.3,
+                   help="normalized return at which the behavior policy is frozen")
+    m.add_argument("--transitions", type=POS, default=100_000, help="rows of the medium dataset")
+    m.add_argument("--max-env-steps", type=POS, default=400_000)
+    m.add_argument("--resume", action="store_true")
+    m.add_argument("--no-progress", action="store_true")
+
+    t = sub.add_parser("train-teacher", help="train a Cal-QL or TD3+BC teacher on a dataset", **fmt)
+    t.add_argument("--data", required=True, help="dataset: bundled:NAME, a Minari id or directory, .hdf5/.npz")
+    t.add_argument("--algo", choices=("calql", "td3bc"), default="calql")
+    t.add_argument("--out", required=True, help="run directory")
+    t.add_argument("--steps", type=POS, default=1_000_000, help="gradient updates (CORL: 1M)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--resume", action="store_true")
+    t.add_argument("--eval-every", type=NONNEG, default=5000)
+    t.add_argument("--eval-episodes", type=POS, default=10)
+    t.add_argument("--env", default=None, help="environment id when the dataset does not name one")
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--no-progress", action="store_true")
+
+    s = sub.add_parser("distill", help="distill a dataset into a synthetic set (DBC, PBC or Av-PBC)", **fmt)
+    s.add_argument("--data", required=True, help="dataset: bundled:NAME, a Minari id or directory, .hdf5/.npz")
+    s.add_argument("--teacher", default=None, help="teacher checkpoint (needed for pbc, av-pbc and --init top-q)")
+    s.add_argument("--objective", choices=OBJECTIVES, default="av-pbc")
+    s.add_argument("--steps", type=POS, default=None,
+                   help="outer steps (default: the paper's, 20k Av-PBC / 50k DBC, PBC on hopper; more elsewhere)")
+    s.add_argument("--out", required=True, help="run directory (synset.pt, state.pt, log.csv, learning_curve.png)")
+    s.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--eval-every", type=NONNEG, default=1000, help="0: only at the end")
+    s.add_argument("--eval-episodes", type=NONNEG, default=10, help="0: no rollouts (held-out BC loss only)")
+    s.add_argument("--eval-policies", type=POS, default=1)
+    s.add_argument("--save-every", type=POS, default=500)
+    s.add_argument("--init", choices=INITS, default="real")
+    s.add_argument("--n-syn", type=POS, default=256)
+    s.add_argument("--inner-steps", type=POS, default=100)
+    s.add_argument("--hidden", type=_widths, default=(256, 256, 256))
+    s.add_argument("--precision", choices=PRECISIONS, default="native")
+    s.add_argument("--backend", choices=("auto", "fused", "reference"), default="auto")
+    s.add_argument("--checkpoint-every", type=POS, default=None, help="fused: keep theta every k inner steps")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--max-minutes", type=_positive_float, default=None, help="stop (and save) after this long")
+    s.add_argument("--env", default=None, help="environment id when the dataset does not name one")
+    s.add_argument("--no-progress", action="store_true")
+
+    e = sub.add_parser("evaluate", help="BC on a synthetic set, rollouts, D4RL normalized returns", **fmt)
+    e.add_argument("--synset", required=True, help="a synset.pt written by distill")
+    e.add_argument("--episodes", type=POS, default=10)
+    e.add_argument("--policies", type=POS, default=5, help="independently trained policies (or ensembles)")
+    e.add_argument("--ensemble", type=POS, default=1, help="average the actions of K BC policies (paper: 10)")
+    e.add_argument("--arch", default=None,
+                   help=f"comma list of {','.join(ARCHS)} or 'all' (default: the distillation architecture)")
+    e.add_argument("--optimizer", default="sgd", help=f"comma list of {','.join(OPTIMIZERS)} or 'all'")
+    e.add_argument("--bc-steps", type=POS, default=None, help="BC steps on the set (default: the inner steps, 100)")
+    e.add_argument("--lr", type=_positive_float, default=None, help="BC learning rate (default per optimizer)")
+    e.add_argument("--baselines", default=None, help=f"comma list of {','.join(BASELINES)} or 'all'")
+    e.add_argument("--data", default=None, help="dataset for the baselines (default: the one the set came from)")
+    e.add_argument("--teacher", default=None, help="teacher for the baselines (default: the set's)")
+    e.add_argument("--env", default=None, help="environment id (default: the set's)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--json", default=None, help="also write the results to this JSON file")
+
+    b = sub.add_parser("bench", help="time one outer step: fused vs reference meta_gradient", **fmt)
+    b.add_argument("--n-syn", type=POS, default=256)
+    b.add_argument("--inner-steps", type=POS, default=100)
+    b.add_argument("--batch", type=POS, default=2560, help="real states in the outer loss")
+    b.add_argument("--hidden", type=_widths, default=(256, 256, 256))
+    b.add_argument("--obs-dim", type=POS, default=11)
+    b.add_argument("--act-dim", type=POS, default=3)
+    b.add_argument("--repeats", type=POS, default=2)
+    b.add_argument("--precision", choices=PRECISIONS, default="native", help="of the fused run")
+    b.add_argument("--device", default="cpu")
+
+    sub.add_parser("info", help="print the version, the available backends and the bundled files")
     return p
 
 
+# ------------------------------------------------------------------------------- helpers
+def _load_data(source: str, env: str | None = None):
+    from .data import load_dataset
+
+    return load_dataset(source, env_id=env)
+
+
+def _load_teacher(path: str, data=None, env=None):
+    try:
+        from .teacher import load_teacher
+    except ImportError as exc:
+        raise UsageError(f"loading teachers needs obd_fast.teacher.load_teacher, unavailable here ({exc})") from None
+    from pathlib import Path
+
+    if not Path(path).exists():
+        raise UsageError(f"teacher checkpoint {path!r} does not exist")
+    return load_teacher(path, obs_norm=None if data is None else data.normalizer,
+                        env=env or (None if data is None else data.env_id))
+
+
+def _choices(text, allowed, what):
+    if text is None:
+        return None
+    items = list(allowed) if text == "all" else [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in items if t not in allowed]
+    if bad or not items:
+        raise UsageError(f"unknown {what} {','.join(bad) or repr(text)}; choose from {','.join(allowed)} or 'all'")
+    return items
+
+
+def paper_steps(objective: str, env_id: str | None) -> int:
+    """The paper's distillation steps: Av-PBC 20k (hopper) / 50k; DBC, PBC 50k (hopper) / 200k."""
+    hopper = env_id is not None and "hopper" in env_id.lower()
+    if objective == "av-pbc":
+        return 20_000 if hopper else 50_000
+    return 50_000 if hopper else 200_000
+
+
+def _fmt(res: dict) -> str:
+    return f"{res['mean']:.1f} +- {res['std']:.1f}"
+
+
+# ------------------------------------------------------------------------------- commands
 def cmd_demo(args) -> int:
     from .demo import DemoConfig, run_demo
 
-    if args.outer_steps < 1 or args.steps < 1:
-        raise UsageError("--outer-steps and --steps must be >= 1")
-    run_demo(DemoConfig(outer_steps=args.outer_steps, steps=args.steps, seed=args.seed, backend=args.backend))
+    kw = dict(quick=args.quick, precision=args.precision, seed=args.seed, device=args.device,
+              progress=not args.no_progress, threads=args.threads)
+    for name, value in (("out_dir", args.out), ("outer_steps", args.outer_steps), ("max_minutes", args.max_minutes),
+                        ("episodes", args.episodes), ("policies", args.policies), ("data", args.data),
+                        ("teacher", args.teacher)):
+        if value is not None:
+            kw[name] = value
+    run_demo(DemoConfig(**kw))
+    return 0
+
+
+def cmd_make_dataset(args) -> int:
+    from .data.recipe import RecipeConfig, make_dataset
+
+    cfg = RecipeConfig(env_id=args.env, seed=args.seed, target_score=args.target_score,
+                       medium_transitions=args.transitions, max_env_steps=args.max_env_steps)
+    summary = make_dataset(args.out, cfg, resume=args.resume, progress=not args.no_progress)
+    print(json.dumps(summary.get("datasets", summary), indent=1))
+    return 0
+
+
+def cmd_train_teacher(args) -> int:
+    try:
+        from .teacher import train_teacher
+    except ImportError as exc:
+        raise UsageError(f"train-teacher needs obd_fast.teacher.train_teacher, unavailable here ({exc})") from None
+    data = _load_data(args.data, args.env)
+    summary = train_teacher(data, algo=args.algo, out_dir=args.out, steps=args.steps, seed=args.seed,
+                            resume=args.resume, eval_every=args.eval_every, eval_episodes=args.eval_episodes,
+                            env_id=args.env or data.env_id, device=args.device, progress=not args.no_progress)
+    print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, (list, dict))}, indent=1, default=str))
+    return 0
+
+
+def cmd_distill(args) -> int:
+    from .distill import distill
+
+    data = _load_data(args.data, args.env)
+    if args.env:
+        data.env_id = args.env
+    teacher = None
+    if args.teacher:
+        teacher = _load_teacher(args.teacher, data, args.env)
+    elif args.objective != "dbc" or args.init == "top-q":
+        raise UsageError(f"--objective {args.objective}" + (" --init top-q" if args.init == "top-q" else "")
+                         + " needs --teacher PATH")
+    steps = args.steps or paper_steps(args.objective, data.env_id)
+    syn = distill(data, teacher, objective=args.objective, steps=steps, out_dir=args.out,
+                  eval_every=args.eval_every, seed=args.seed, resume=args.resume, progress=not args.no_progress,
+                  data_source=args.data, teacher_path=args.teacher, init=args.init, n_syn=args.n_syn,
+                  inner_steps=args.inner_steps, hidden=tuple(args.hidden), precision=args.precision,
+                  backend=args.backend, checkpoint_every=args.checkpoint_every, device=args.device,
+                  eval_episodes=args.eval_episodes, eval_policies=args.eval_policies, save_every=args.save_every,
+                  max_seconds=None if args.max_minutes is None else 60.0 * args.max_minutes)
+    last = syn.history[-1] if syn.history else {}
+    score = f", normalized return {last['score_mean']:.1f} +- {last['score_std']:.1f}" if "score_mean" in last else ""
+    print(f"synthetic set: {args.out}/synset.pt ({len(syn)} pairs, step {syn.step}{score})")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import ARCHS, BASELINES, OPTIMIZERS, cross_evaluate, run_baselines
+    from .synset import SyntheticSet
+
+    archs = _choices(args.arch, ARCHS, "architecture") or [None]
+    optimizers = _choices(args.optimizer, OPTIMIZERS, "optimizer")
+    baselines = _choices(args.baselines, BASELINES, "baseline") or []
+    syn = SyntheticSet.load(args.synset)
+    env = args.env or syn.env_id
+    if not env:
+        raise UsageError("the synthetic set names no environment: pass --env ENV_ID")
+    results = cross_evaluate(syn, archs=archs, optimizers=optimizers, env_id=env, episodes=args.episodes,
+                             policies=args.policies, ensemble=args.ensemble, steps=args.bc_steps, lr=args.lr,
+                             seed=args.seed)
+    rows = [(f"synthetic set ({k}{', ensemble of %d' % args.ensemble if args.ensemble > 1 else ''})", r)
+            for k, r in results.items()]
+    if baselines:
+        data = teacher = None
+        if {"random", "bc"} & set(baselines):
+            source = args.data or syn.data_source
+            if not source:
+                raise UsageError("the random/bc baselines need the dataset: pass --data SOURCE")
+            data = _load_data(source, env)
+        if "teacher" in baselines:
+            path = args.teacher or syn.teacher_path
+            if not path:
+                raise UsageError("the teacher baseline needs --teacher PATH")
+            teacher = _load_teacher(path, data, env)
+        base = run_baselines(data, teacher, env, which=baselines, episodes=args.episodes, policies=args.policies,
+                             n=len(syn), seed=args.seed, spec=syn.spec, normalizer=syn.normalizer,
+                             ensemble=args.ensemble)
+        ens = f", ensemble of {args.ensemble}" if args.ensemble > 1 else ""
+        labels = {"random": f"random selection ({len(syn)} real pairs{ens})", "bc": "BC on the whole dataset",
+                  "teacher": "teacher"}
+        rows += [(labels[k], r) for k, r in base.items()]
+        results.update({f"baseline/{k}": r for k, r in base.items()})
+    print(f"{args.synset}: {len(syn)} pairs, objective {syn.objective}, step {syn.step}, env {env}; "
+          f"{args.episodes} episodes x {args.policies} policies")
+    print("| evaluation | normalized return (mean +- std) | per policy |")
+    print("|---|---|---|")
+    for label, r in rows:
+        print(f"| {label} | {_fmt(r)} | {', '.join(f'{v:.1f}' for v in r['per_policy'])} |")
+    if args.json:
+        from .checkpoint import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(results, indent=1))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    import time
+
+    import torch
+
+    from . import ops
+    from ._extension import available
+    from .policy import PolicySpec
+
+    if not available():
+        raise UsageError("the compiled extension is not loaded: nothing fused to time (see `obd-fast info`)")
+    device = torch.device(args.device)
+    spec = PolicySpec(args.obs_dim, args.act_dim, tuple(args.hidden))
+    g = torch.Generator().manual_seed(0)
+    theta0 = spec.init_params(generator=g).to(device)
+    S = torch.randn(args.n_syn, spec.obs_dim, generator=g).to(device)
+    A = (0.9 * (2 * torch.rand(args.n_syn, spec.act_dim, generator=g) - 1)).to(device)
+    x = torch.randn(args.batch, spec.obs_dim, generator=g).to(device)
+    y = (0.9 * (2 * torch.rand(args.batch, spec.act_dim, generator=g) - 1)).to(device)
+    w = (torch.rand(args.batch, generator=g) + 0.5).to(device)
+    inner = torch.randn(args.inner_steps, args.n_syn, spec.act_dim, generator=g).to(device)
+    outer = torch.randn(args.batch, spec.act_dim, generator=g).to(device)
+
+    def run(backend, precision):
+        return ops.meta_gradient(theta0, S, A, spec, x, y, w, steps=args.inner_steps, lr=0.1, inner_noise=inner,
+                                 outer_noise=outer, backend=backend, precision=precision)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    times, outs = {}, {}
+    for name, backend, precision in (("reference", "reference", "native"), ("fused", "fused", args.precision)):
+        outs[name] = run(backend, precision)  # warm-up
+        best = float("inf")
+        for _ in range(args.repeats):
+            sync()
+            t0 = time.perf_counter()
+            run(backend, precision)
+            sync()
+            best = min(best, time.perf_counter() - t0)
+        times[name] = best
+    err = max(float((f - r).norm() / r.norm()) for f, r in zip(outs["fused"][1:], outs["reference"][1:]))
+    print(f"one outer step: N={args.n_syn}, T={args.inner_steps}, batch {args.batch}, policy {spec.widths}, "
+          f"{device}, {torch.get_num_threads()} threads (best of {args.repeats})")
+    print(f"  reference (autograd, paper's algorithm): {times['reference']:.3f} s")
+    print(f"  fused ({args.precision}): {times['fused']:.3f} s")
+    print(f"  ratio reference/fused: {times['reference'] / times['fused']:.2f}x "
+          f"(meta-gradient relative difference {err:.1e})")
     return 0
 
 
@@ -55,22 +396,39 @@ def cmd_info(args) -> int:
 
     import obd_fast
 
+    from .data import available_bundled
+    from .demo import BUNDLED_TEACHER
+
     print(f"obd-fast {obd_fast.__version__}, torch {torch.__version__}, extension: {obd_fast.build_info()}, "
           f"CUDA device: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}")
+    print(f"bundled datasets: {', '.join(available_bundled()) or 'none'}; bundled hopper-medium teacher: "
+          f"{'yes' if BUNDLED_TEACHER.is_file() else 'no'}")
     return 0
 
 
-COMMANDS = {"demo": cmd_demo, "info": cmd_info}
+COMMANDS = {"demo": cmd_demo, "make-dataset": cmd_make_dataset, "train-teacher": cmd_train_teacher,
+            "distill": cmd_distill, "evaluate": cmd_evaluate, "bench": cmd_bench, "info": cmd_info}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, KeyError) and text.startswith("'") and text.endswith("'"):
+        text = text[1:-1]
+    return text
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return COMMANDS[args.command](args)
-    except (UsageError, ValueError, FileNotFoundError) as exc:
+    except (UsageError, ValueError, FileNotFoundError, FloatingPointError) as exc:  # incl. NonFiniteError
         if args.debug:
             raise
-        print(f"obd-fast: error: {exc}", file=sys.stderr)
+        print(f"obd-fast: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("obd-fast: interrupted", file=sys.stderr)

@@ -1,125 +1,249 @@
-"""A demonstration of the core that runs in a minute or two on a laptop CPU.
+"""``obd-fast demo``: the whole pipeline on the bundled hopper-medium data and its bundled teacher.
 
-It distills a synthetic set of state-action pairs for a known teacher (a fixed random policy
-network) on Gaussian "real" states, with the paper's bi-level loop: each outer step draws a fresh
-policy, trains it for ``steps`` SGD steps on the synthetic set, measures the PBC objective on a
-batch of real states, and updates the synthetic set by the meta-gradient (SGD, momentum 0.9,
-gradient norm clipped to 2). Then it compares BC on the distilled set with BC on the initial one,
-and checks the fused meta-gradient against the reference backend.
+It distills three synthetic sets of 256 pairs (DBC, PBC, Av-PBC) with the paper's settings except
+the number of outer steps (the paper runs 20k-50k; the demo runs a few hundred so that it
+finishes within about 15 minutes on a 2-core CPU, with a wall-clock guard per objective), then
+trains fresh policies by BC on each set (100 SGD steps, lr 0.1), rolls them out in Gymnasium
+Hopper-v5 and prints a table of D4RL normalized returns next to random selection (the sets'
+common starting point: 256 random real pairs) and the teacher itself. It saves the synthetic
+sets, a plot and ``results.json`` into the output directory.
+
+``--quick`` runs the same pipeline on a tiny budget (a few outer steps, 2 episodes) in well under
+a minute: a smoke test, not a result.
 """
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Optional
 
-import torch
-from tqdm import tqdm
+import numpy as np
 
-from . import ops
-from ._extension import resolve_backend
-from .policy import PolicySpec
+from .checkpoint import atomic_write, atomic_write_text
+
+BUNDLED_DATA = "bundled:hopper-medium"
+BUNDLED_TEACHER = Path(__file__).resolve().parent / "teacher" / "bundled" / "hopper-medium" / "teacher.pt"
+ENV_ID = "Hopper-v5"
+OBJECTIVES = ("dbc", "pbc", "av-pbc")
+LABELS = {"random": "random selection", "dbc": "DBC", "pbc": "PBC", "av-pbc": "Av-PBC", "teacher": "teacher"}
+# the paper's Table 1 averages over its nine D4RL datasets (N_syn = 256), for orientation only
+PAPER_AVERAGE = {"random": 7.6, "dbc": 20.9, "pbc": 30.4, "av-pbc": 38.2, "teacher": 70.1}
+
+
+class DemoInputError(ValueError):
+    """A file the demo needs is missing or unusable."""
 
 
 @dataclass
 class DemoConfig:
-    obs_dim: int = 11
-    act_dim: int = 3
-    hidden: tuple = (256, 256, 256)
-    n_syn: int = 256
-    batch: int = 2560
-    steps: int = 100
-    inner_lr: float = 0.1
-    outer_steps: int = 40
-    outer_lr: float = 0.1
-    outer_momentum: float = 0.9
-    clip_norm: float = 2.0
-    eval_policies: int = 5
+    out_dir: str = "runs/demo"
+    data: str = BUNDLED_DATA
+    teacher: Optional[str] = None       # None: the bundled teacher
+    # Outer steps per objective. A paper-size Av-PBC outer step (fused, bf16 products) takes ~0.3 s
+    # on two free cores (BENCHMARKS.md: 3.6x the ~1 s autograd step); on the 2-core development
+    # machine, shared with other busy processes (load ~3), it measured 1.6 s with one thread (2.3 s
+    # in float32) and 4 s to over a minute with two. 400 steps per objective take ~6 min on free
+    # cores; max_minutes stops each distillation early (saying so; the table shows the steps done)
+    # on a busier machine, so the demo stays within ~15 minutes with its evaluations.
+    outer_steps: int = 400
+    max_minutes: float = 11.0           # wall-clock budget of the three distillations and their evaluations
+    precision: str = "bf16"             # ~1.5x faster fused products on a CPU; "native" for float32
+    threads: Optional[int] = None       # torch threads; None: probe torch's default and 1, keep the faster
+    episodes: int = 10
+    policies: int = 5                   # BC-trained policies evaluated per set (mean +- std over them)
     seed: int = 0
-    backend: str = "auto"
+    n_syn: int = 256
+    inner_steps: int = 100
+    hidden: tuple = (256, 256, 256)
+    real_batches: int = 10
+    save_every: int = 100
+    device: str = "cpu"
+    objectives: tuple = OBJECTIVES
+    progress: bool = True
+    quick: bool = False
+
+    def resolved(self) -> "DemoConfig":
+        """Apply ``quick``: a tiny budget that runs in well under a minute."""
+        if not self.quick:
+            return self
+        return replace(self, outer_steps=min(self.outer_steps, 3), episodes=min(self.episodes, 2), policies=1,
+                       max_minutes=min(self.max_minutes, 0.5), real_batches=min(self.real_batches, 2),
+                       out_dir=self.out_dir if self.out_dir != DemoConfig.out_dir else DemoConfig.out_dir + "-quick")
 
 
-def bc_eval_loss(spec, syn_obs, syn_act, test_obs, test_act, cfg: DemoConfig, gen) -> float:
-    """Mean deterministic-action MSE on held-out states of fresh policies BC-trained on the set."""
-    losses = []
-    for _ in range(cfg.eval_policies):
-        theta0 = spec.init_params(generator=gen)
-        noise = torch.randn(cfg.steps, cfg.n_syn, spec.act_dim, generator=gen)
-        with torch.no_grad():
-            theta = ops.unroll_bc(theta0, syn_obs, syn_act, spec, steps=cfg.steps, lr=cfg.inner_lr, noise=noise,
-                                  backend=cfg.backend)
-            losses.append(float(ops.weighted_bc_loss(theta, spec, test_obs, test_act, backend=cfg.backend)))
-    return sum(losses) / len(losses)
+def load_inputs(cfg: DemoConfig):
+    """(data, teacher) from the configured sources, with one-line errors when they are missing."""
+    from .data import load_dataset
+
+    data = load_dataset(cfg.data, env_id=ENV_ID if cfg.data == BUNDLED_DATA else None)
+    path = Path(cfg.teacher) if cfg.teacher else BUNDLED_TEACHER
+    if not path.is_file():
+        if not cfg.teacher:
+            raise DemoInputError(f"the bundled teacher (obd_fast/teacher/bundled/hopper-medium/teacher.pt) is not "
+                                 "there yet: train one with `obd-fast train-teacher --data bundled:hopper-medium "
+                                 "--out DIR` and pass `--teacher DIR/teacher.pt`")
+        raise DemoInputError(f"teacher checkpoint {cfg.teacher!r} does not exist")
+    from .teacher import load_teacher
+
+    teacher = load_teacher(path, obs_norm=data.normalizer, env=data.env_id or ENV_ID)
+    return data, teacher
 
 
-def run_demo(cfg: DemoConfig = DemoConfig(), out=print) -> dict:
-    gen = torch.Generator().manual_seed(cfg.seed)
-    spec = PolicySpec(cfg.obs_dim, cfg.act_dim, cfg.hidden)
-    teacher = spec.init_params(generator=gen)
-    real_obs = torch.randn(20000, cfg.obs_dim, generator=gen)
-    test_obs = torch.randn(4096, cfg.obs_dim, generator=gen)
-    with torch.no_grad():
-        teacher_act = ops.policy_forward(teacher, real_obs, spec, backend=cfg.backend)
-        test_act = ops.policy_forward(teacher, test_obs, spec, backend=cfg.backend)
-    # Synthetic init: real states paired with random actions, so there is something to learn.
-    idx = torch.randperm(real_obs.shape[0], generator=gen)[:cfg.n_syn]
-    syn_obs = real_obs[idx].clone()
-    syn_act = 0.9 * (2 * torch.rand(cfg.n_syn, cfg.act_dim, generator=gen) - 1)
-    init_loss = bc_eval_loss(spec, syn_obs, syn_act, test_obs, test_act, cfg, torch.Generator().manual_seed(1))
+def run_demo(cfg: DemoConfig = DemoConfig(), out=print, data=None, teacher=None) -> dict:
+    """Run the demo; ``data`` / ``teacher`` replace the bundled ones (tests, other datasets)."""
+    from .distill import DistillConfig, distill
+    from .evaluate import evaluate_synset, evaluate_teacher, random_selection
+    from .policy import PolicySpec
 
-    velocity = [torch.zeros_like(syn_obs), torch.zeros_like(syn_act)]
-    losses = []
+    cfg = cfg.resolved()
+    source = cfg.data if data is None else str(data.metadata.get("source") or "(given)")
+    if data is None or teacher is None:
+        loaded_data, loaded_teacher = load_inputs(cfg)
+        data = data if data is not None else loaded_data
+        teacher = teacher if teacher is not None else loaded_teacher
+    env_id = data.env_id or ENV_ID
+    data.env_id = env_id
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    bar = tqdm(range(cfg.outer_steps), desc="distill (PBC)", unit="step")
-    for _ in bar:
-        theta0 = spec.init_params(generator=gen)
-        b = torch.randint(0, real_obs.shape[0], (cfg.batch,), generator=gen)
-        inner_noise = torch.randn(cfg.steps, cfg.n_syn, cfg.act_dim, generator=gen)
-        outer_noise = torch.randn(cfg.batch, cfg.act_dim, generator=gen)
-        loss, g_obs, g_act = ops.meta_gradient(theta0, syn_obs, syn_act, spec, real_obs[b], teacher_act[b],
-                                               steps=cfg.steps, lr=cfg.inner_lr, inner_noise=inner_noise,
-                                               outer_noise=outer_noise, backend=cfg.backend)
-        norm = torch.sqrt(g_obs.pow(2).sum() + g_act.pow(2).sum())
-        scale = min(1.0, cfg.clip_norm / (float(norm) + 1e-12))
-        for v, g, p in zip(velocity, (g_obs, g_act), (syn_obs, syn_act)):
-            v.mul_(cfg.outer_momentum).add_(g, alpha=scale)
-            p.sub_(cfg.outer_lr * v)
-        losses.append(float(loss))
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
-    seconds = time.perf_counter() - t_start
-    final_loss = bc_eval_loss(spec, syn_obs, syn_act, test_obs, test_act, cfg, torch.Generator().manual_seed(1))
+    threads_note = _choose_threads(cfg, data.obs_dim, data.act_dim)
 
-    # Fused vs reference on one outer step (float64), and their speed side by side (float32).
-    check = {}
-    if resolve_backend("auto", syn_obs.device) == "fused":
-        check_steps = min(20, cfg.steps)
-        d = {k: v.double() for k, v in dict(theta0=theta0, s=syn_obs, a=syn_act, x=real_obs[b[:256]],
-                                                y=teacher_act[b[:256]], n=inner_noise[:check_steps],
-                                                m=outer_noise[:256]).items()}
-        kw = dict(steps=check_steps, lr=cfg.inner_lr, inner_noise=d["n"], outer_noise=d["m"])
-        ref = ops.meta_gradient(d["theta0"], d["s"], d["a"], spec, d["x"], d["y"], backend="reference", **kw)
-        fus = ops.meta_gradient(d["theta0"], d["s"], d["a"], spec, d["x"], d["y"], backend="fused", **kw)
-        check["rel_err_float64"] = max(float((f - r).norm() / r.norm()) for f, r in zip(fus[1:], ref[1:]))
-        timings = {}
-        for backend in ("reference", "fused"):
-            t0 = time.perf_counter()
-            ops.meta_gradient(theta0, syn_obs, syn_act, spec, real_obs[b], teacher_act[b], steps=cfg.steps,
-                              lr=cfg.inner_lr, inner_noise=inner_noise, outer_noise=outer_noise, backend=backend)
-            timings[backend] = time.perf_counter() - t0
-        check["speedup"] = timings["reference"] / timings["fused"]
-        check["seconds_per_step"] = timings
+    base = DistillConfig(steps=cfg.outer_steps, n_syn=cfg.n_syn, inner_steps=cfg.inner_steps, hidden=tuple(cfg.hidden),
+                         real_batches=cfg.real_batches, seed=cfg.seed, precision=cfg.precision, device=cfg.device,
+                         eval_every=0, eval_episodes=cfg.episodes, eval_policies=cfg.policies,
+                         save_every=cfg.save_every)
+    results, curves, runs = {}, {}, {}
+    budget = cfg.max_minutes * 60.0
+    for i, objective in enumerate(cfg.objectives):
+        # split what is left of the budget over the remaining objectives
+        left = budget - (time.perf_counter() - t_start)
+        share = max(left / (len(cfg.objectives) - i), 1.0)
+        t0 = time.perf_counter()
+        syn = distill(data, teacher, objective=objective, out_dir=out_dir / objective, config=base,
+                      resume=True, progress=cfg.progress, data_source=source,
+                      teacher_path=cfg.teacher or str(BUNDLED_TEACHER),
+                      max_seconds=share)
+        seconds = time.perf_counter() - t0
+        ev = syn.history[-1]
+        results[objective] = dict(mean=ev.get("score_mean"), std=ev.get("score_std"), steps=syn.step, seconds=seconds)
+        log = _read_log(out_dir / objective / "log.csv")
+        curves[objective] = log
+        secs = [s for s, k in zip(log["seconds"], log["skipped"]) if not k]
+        runs[objective] = dict(outer_steps=syn.step, seconds_per_step=float(np.median(secs)) if secs else None)
 
-    result = dict(first_loss=losses[0], last_loss=losses[-1], bc_test_loss_initial=init_loss,
-                  bc_test_loss_distilled=final_loss, seconds=seconds, outer_steps=cfg.outer_steps, **check)
+    # random selection = the distillations' common starting point (the "real" init draws the same
+    # rows from the same seed, normalized with the same statistics)
+    norm = teacher.normalizer if teacher.normalizer is not None else data.normalizer
+    spec = PolicySpec(data.obs_dim, data.act_dim, tuple(cfg.hidden), "gaussian", float(teacher.max_action))
+    start = random_selection(data, cfg.n_syn, seed=cfg.seed, normalizer=norm, spec=spec)
+    r = evaluate_synset(start, env_id, episodes=cfg.episodes, policies=cfg.policies, seed=cfg.seed)
+    results["random"] = dict(mean=r["mean"], std=r["std"], steps=0, seconds=None)
+    start.save(out_dir / "random_selection.pt")
+    t = evaluate_teacher(teacher, env_id, episodes=cfg.episodes, normalizer=norm)
+    results["teacher"] = dict(mean=t["mean"], std=t["std"], steps=None, seconds=None)
+    total = time.perf_counter() - t_start
+
+    order = ["random", *cfg.objectives, "teacher"]
     out("")
-    out(f"obd-fast demo: {cfg.outer_steps} outer steps of PBC distillation, N={cfg.n_syn}, T={cfg.steps}, "
-        f"policy {spec.widths}, backend={resolve_backend(cfg.backend, syn_obs.device)}, {seconds:.1f} s")
-    out("| synthetic set | BC test MSE to the teacher (5 fresh policies) |")
-    out("|---|---|")
-    out(f"| initial (real states, random actions) | {init_loss:.4f} |")
-    out(f"| distilled | {final_loss:.4f} |")
-    out(f"outer objective: first step {losses[0]:.4f}, last step {losses[-1]:.4f}")
-    if check:
-        out(f"fused vs reference meta-gradient (float64, T={check_steps}): relative error {check['rel_err_float64']:.1e}; "
-            f"one paper-size step: reference {timings['reference']:.2f} s, fused {timings['fused']:.2f} s "
-            f"({check['speedup']:.1f}x)")
-    return result
+    step_times = [v["seconds_per_step"] for v in runs.values() if v["seconds_per_step"]]
+    out(f"obd-fast demo{' (quick)' if cfg.quick else ''}: {env_id}, data {source}, N={cfg.n_syn}, T={cfg.inner_steps}, "
+        f"policy {tuple(cfg.hidden)}, precision {cfg.precision}; "
+        f"{cfg.episodes} episodes x {cfg.policies} BC policies per set; {total / 60:.1f} min in all"
+        + (f"; {np.median(step_times):.2f} s per outer step" if step_times else "") + threads_note)
+    out("| method | normalized return (mean +- std over episodes) | outer steps | paper Table 1 (avg of 9 datasets) |")
+    out("|---|---|---|---|")
+    for key in order:
+        res = results[key]
+        steps = "-" if res["steps"] is None else str(res["steps"])
+        score = "n/a" if res["mean"] is None else f"{res['mean']:.1f} +- {res['std'] or 0.0:.1f}"
+        out(f"| {LABELS[key]} | {score} | {steps} | {PAPER_AVERAGE[key]} |")
+    out(f"(the paper distills for 20k-50k outer steps; this demo at most {cfg.outer_steps} per objective within "
+        f"{cfg.max_minutes:g} minutes. Synthetic sets, learning curves, demo.png, results.json: {out_dir}/)")
+
+    summary = dict(config={k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+                   env_id=env_id, results=results, runs=runs, seconds=total)
+    atomic_write_text(out_dir / "results.json", json.dumps(summary, indent=1))
+    _plot(results, curves, order, out_dir / "demo.png")
+    return summary
+
+
+def _choose_threads(cfg: DemoConfig, obs_dim: int, act_dim: int) -> str:
+    """Set torch's CPU threads: ``cfg.threads`` if given; else, when torch would use several,
+    time a short outer step (the demo's sizes, at most 10 inner steps) with them and with one
+    thread and keep the faster. On a machine busy with other work one thread can be many times
+    faster (measured here: 1.6 s per paper-size step with one thread, over a minute with two)."""
+    import torch
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+        return f"; {cfg.threads} thread(s)"
+    n = torch.get_num_threads()
+    if n <= 1 or cfg.quick or torch.device(cfg.device).type != "cpu":
+        return ""
+    from .ops import meta_gradient
+    from .policy import PolicySpec
+
+    spec = PolicySpec(obs_dim, act_dim, tuple(cfg.hidden))
+    g = torch.Generator().manual_seed(0)
+    b = cfg.real_batches * 256
+    args = (spec.init_params(generator=g), torch.randn(cfg.n_syn, obs_dim, generator=g),
+            torch.rand(cfg.n_syn, act_dim, generator=g) * 2 - 1, spec, torch.randn(b, obs_dim, generator=g),
+            torch.rand(b, act_dim, generator=g) * 2 - 1)
+    steps = min(cfg.inner_steps, 10)
+    kw = dict(steps=steps, lr=0.1, inner_noise=torch.randn(steps, cfg.n_syn, act_dim, generator=g),
+              outer_noise=torch.randn(b, act_dim, generator=g), precision=cfg.precision)
+    timings = {}
+    for k in (1, n):
+        torch.set_num_threads(k)
+        if k == 1:
+            meta_gradient(*args, **kw)  # warm-up
+        t0 = time.perf_counter()
+        meta_gradient(*args, **kw)
+        timings[k] = time.perf_counter() - t0
+    best = min(timings, key=timings.get)
+    torch.set_num_threads(best)
+    return (f"; {best} thread(s) (a {steps}-inner-step probe took {timings[1]:.2f} s with 1 thread, "
+            f"{timings[n]:.2f} s with {n})")
+
+
+def _read_log(path: Path) -> dict:
+    import csv
+
+    cols = {"step": [], "loss": [], "skipped": [], "seconds": []}
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            cols["step"].append(int(row["step"]))
+            cols["loss"].append(float(row["loss"]))
+            cols["skipped"].append(int(row["skipped"]))
+            cols["seconds"].append(float(row["seconds"]))
+    return cols
+
+
+def _plot(results: dict, curves: dict, order, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
+    ax = axes[0]
+    means = [np.nan if results[k]["mean"] is None else results[k]["mean"] for k in order]
+    stds = [results[k]["std"] or 0.0 for k in order]
+    ax.bar([LABELS[k] for k in order], means, yerr=stds, capsize=4, color=[f"C{i}" for i in range(len(order))])
+    ax.set_ylabel("D4RL normalized return")
+    ax.set_title("BC on 256 pairs vs the teacher")
+    ax = axes[1]
+    for key, log in curves.items():
+        loss = np.asarray(log["loss"], dtype=float)
+        if not len(loss):
+            continue
+        loss = loss / np.nanmean(loss[: max(1, min(10, len(loss)))])  # relative to the first steps
+        k = max(1, len(loss) // 20)
+        smooth = np.convolve(np.nan_to_num(loss, nan=1.0), np.ones(k) / k, mode="valid")
+        ax.plot(np.asarray(log["step"])[k - 1:], smooth, label=LABELS[key])
+    ax.set_xlabel("outer step")
+    ax.set_ylabel("outer objective / its start")
+    ax.set_title("distillation")
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
