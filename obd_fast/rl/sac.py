@@ -1,10 +1,12 @@
 """Soft actor-critic (Haarnoja et al. 2018) in CORL's form, the base of the online recipe and
 of Cal-QL.
 
-One :meth:`SAC.update` = entropy temperature step, actor step, twin-critic step, Polyak update of
-the target critics; the same order and the same ``state_dict`` keys as CORL's ``cal_ql.py``, so
-its checkpoints and ours are interchangeable. Subclasses change the critic objective by overriding
-:meth:`SAC.critic_loss` (Cal-QL adds its calibrated conservative term there).
+One :meth:`SAC.update` = entropy temperature step, actor step (with the new temperature), then the
+twin-critic step (with the updated actor), then the Polyak update of the target critics: each loss
+sees the previous steps' results, as in most online SAC code. CORL's ``cal_ql.py`` instead
+computes all three losses before any step; :class:`~obd_fast.teacher.CalQL` overrides ``update``
+to follow CORL exactly. The ``state_dict`` keys are CORL's, so checkpoints are interchangeable.
+Subclasses change the critic objective by overriding :meth:`SAC.critic_loss`.
 """
 from __future__ import annotations
 

@@ -3,12 +3,12 @@
 Why TD3+BC and not IQL as the second teacher next to Cal-QL:
 
 * Cost per update. On one CPU thread at batch 256 with the paper's widths (``python
-  benchmarks/teacher_updates.py --env all``, a shared 2-core x86 machine), a TD3+BC update is
-  16-20x cheaper than a Cal-QL update and 1.3-1.6x cheaper than an IQL-shaped update with CORL's
-  ``iql.py`` sizes (hopper: Cal-QL 5.0, IQL 61, TD3+BC 97 updates/s). Cal-QL's critic scores
-  1 + 3 x 10 actions per state and samples 2 x 10 policy actions for them; TD3+BC's critic scores
-  the data action and one target action, and its actor steps every second update; IQL trains a
-  third (value) network on every update.
+  benchmarks/teacher_updates.py --env all``, a shared 2-core x86 machine, two runs), a TD3+BC
+  update is 15-20x cheaper than a Cal-QL update and 1.2-1.6x cheaper than an IQL-shaped update
+  with CORL's ``iql.py`` sizes (hopper, quiet machine: Cal-QL 7.4, IQL 86, TD3+BC 112 updates/s).
+  Cal-QL's critic scores 1 + 3 x 10 actions per state and samples 2 x 10 policy actions for
+  them; TD3+BC's critic scores the data action and one target action, and its actor steps every
+  second update; IQL trains a third (value) network on every update.
 * No action sampling in the critic loss: the TD target uses the target actor plus clipped
   Gaussian noise, no log-probabilities and no entropy temperature, so there is less to get wrong
   and nothing stochastic for the teacher to carry: the actor is deterministic, ``act`` ignores
