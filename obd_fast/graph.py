@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from . import checks, fused
+from . import checks, fused, memory
 from ._extension import resolve_backend
 from .policy import PolicySpec
 
@@ -27,7 +27,7 @@ class MetaGradientGraph:
     def __init__(self, spec: PolicySpec, n_syn: int, batch: int, *, steps: int, lr: float, momentum: float = 0.0,
                  weight_decay: float = 0.0, weighted: bool = True, dtype: torch.dtype = torch.float32,
                  device="cuda", checkpoint_every: Optional[int] = None, precision: str = "native",
-                 warmup: int = 2):
+                 warmup: int = 2, memory_budget=None):
         checks.check_spec(spec)
         device = torch.device(device)
         if device.type != "cuda" or not torch.cuda.is_available():
@@ -36,12 +36,15 @@ class MetaGradientGraph:
         if precision != "native" and dtype != torch.float32:
             raise ValueError(f"precision={precision!r} needs dtype=torch.float32, got {dtype}")
         steps = checks.check_steps(steps)
+        momentum = checks.check_scalar("momentum", momentum, minimum=0.0, strict=False, maximum=1.0)
+        checkpoint_every = checks.check_checkpoint_every(checkpoint_every, steps)
+        if checkpoint_every is None:  # the same memory guard as obd_fast.meta_gradient
+            checkpoint_every = memory.plan_checkpoint_every("MetaGradientGraph", spec, n_syn, steps, momentum, dtype,
+                                                            device, memory_budget, n_outer=batch)
         self.spec = spec
-        self.cfg = fused.InnerConfig(steps, checks.check_scalar("lr", lr, minimum=0.0, strict=True),
-                                     checks.check_scalar("momentum", momentum, minimum=0.0, strict=False, maximum=1.0),
+        self.cfg = fused.InnerConfig(steps, checks.check_scalar("lr", lr, minimum=0.0, strict=True), momentum,
                                      checks.check_scalar("weight_decay", weight_decay, minimum=0.0, strict=False),
-                                     checks.check_checkpoint_every(checkpoint_every, steps),
-                                     checks.check_precision(precision))
+                                     checkpoint_every, checks.check_precision(precision))
         opts = dict(dtype=dtype, device=device)
         gaussian = spec.head == "gaussian"
         self.theta0 = spec.init_params(dtype=dtype, device=device)

@@ -130,6 +130,21 @@ def test_graph_replay_equals_eager(head, momentum):
             assert torch.allclose(r, e, rtol=1e-5, atol=1e-7), (e - r).abs().max()
 
 
+def test_graph_memory_guard_checkpoints_and_matches_explicit_checkpointing():
+    from obd_fast.memory import MemoryGuardWarning, fused_bytes, smallest_footprint
+
+    spec = PolicySpec(11, 3, (64, 64))
+    steps, n, b = 20, 64, 256
+    k, need = smallest_footprint(spec, n, steps, 0.0, torch.float32, b)
+    full = fused_bytes(spec, n, steps, None, 0.0, torch.float32, b)
+    with pytest.warns(MemoryGuardWarning, match=f"checkpoint_every={k}"):
+        guarded = MetaGradientGraph(spec, n, b, steps=steps, lr=0.1, memory_budget=(need + full) // 2)
+    explicit = MetaGradientGraph(spec, n, b, steps=steps, lr=0.1, checkpoint_every=k)
+    x = make_inputs(spec, n, b, steps, torch.float32, CUDA, seed=3)
+    for g, e in zip([t.clone() for t in guarded(**x)], [t.clone() for t in explicit(**x)]):
+        assert torch.equal(g, e)
+
+
 def test_graph_rejects_wrong_shapes():
     spec = PolicySpec(5, 2, (16,))
     graph = MetaGradientGraph(spec, 8, 16, steps=2, lr=0.1)
