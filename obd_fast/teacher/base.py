@@ -43,30 +43,20 @@ class Teacher:
         raise NotImplementedError
 
 
-class ActorCriticTeacher(Teacher):
-    """A tanh-Gaussian actor and a critic (Cal-QL, SAC, CORL checkpoints).
+class NetworkTeacher(Teacher):
+    """An actor module and a critic module with matching sizes (shared by the concrete teachers)."""
 
-    ``act`` with noise is ``max_action * tanh(mean + std * noise)``: the same head as the core's
-    gaussian policy, so the same noise gives the same action in both.
-    """
-
-    stochastic = True
-
-    def __init__(self, actor: TanhGaussianActor, critic: QNetwork, normalizer: Optional[StateNormalizer] = None):
-        if (critic.obs_dim, critic.act_dim) != (actor.spec.obs_dim, actor.spec.act_dim):
-            raise ValueError(f"actor is obs {actor.spec.obs_dim} -> act {actor.spec.act_dim} but the critic takes "
+    def __init__(self, actor: nn.Module, critic: nn.Module, normalizer: Optional[StateNormalizer],
+                 obs_dim: int, act_dim: int, max_action: float):
+        if (critic.obs_dim, critic.act_dim) != (obs_dim, act_dim):
+            raise ValueError(f"actor is obs {obs_dim} -> act {act_dim} but the critic takes "
                              f"obs {critic.obs_dim} + act {critic.act_dim}")
-        if normalizer is not None and len(normalizer.mean) != actor.spec.obs_dim:
-            raise ValueError(f"normalizer has {len(normalizer.mean)} features, the actor takes {actor.spec.obs_dim}")
+        if normalizer is not None and len(normalizer.mean) != obs_dim:
+            raise ValueError(f"normalizer has {len(normalizer.mean)} features, the actor takes {obs_dim}")
         self.actor = actor.eval().requires_grad_(False)
         self.critic = critic.eval().requires_grad_(False)
         self.normalizer = normalizer
-        self.obs_dim, self.act_dim = actor.spec.obs_dim, actor.spec.act_dim
-        self.max_action = actor.spec.max_action
-
-    @torch.no_grad()
-    def act(self, obs, noise=None):
-        return self.actor(obs, noise)
+        self.obs_dim, self.act_dim, self.max_action = obs_dim, act_dim, max_action
 
     @torch.no_grad()
     def q(self, obs, act):
@@ -79,7 +69,24 @@ class ActorCriticTeacher(Teacher):
 
     @property
     def device(self):
-        return self.actor.base_network[0].weight.device
+        return next(self.actor.parameters()).device
+
+
+class ActorCriticTeacher(NetworkTeacher):
+    """A tanh-Gaussian actor and a critic (Cal-QL, SAC, CORL checkpoints).
+
+    ``act`` with noise is ``max_action * tanh(mean + std * noise)``: the same head as the core's
+    gaussian policy, so the same noise gives the same action in both.
+    """
+
+    stochastic = True
+
+    def __init__(self, actor: TanhGaussianActor, critic: QNetwork, normalizer: Optional[StateNormalizer] = None):
+        super().__init__(actor, critic, normalizer, actor.spec.obs_dim, actor.spec.act_dim, actor.spec.max_action)
+
+    @torch.no_grad()
+    def act(self, obs, noise=None):
+        return self.actor(obs, noise)
 
 
 class FunctionTeacher(Teacher):

@@ -41,7 +41,7 @@ from torch import nn
 
 from ..data.normalize import StateNormalizer
 from ..rl.networks import soft_update
-from .base import Teacher
+from .base import NetworkTeacher
 
 
 @dataclass
@@ -233,36 +233,14 @@ class TD3BC:
         self.total_it = int(state.get("total_it", 0))
 
 
-class DeterministicTeacher(Teacher):
+class DeterministicTeacher(NetworkTeacher):
     """A deterministic actor and a critic (TD3+BC); ``act`` ignores ``noise``."""
 
     stochastic = False
 
     def __init__(self, actor: DeterministicActor, critic: TwinCritic, normalizer: Optional[StateNormalizer] = None):
-        if (critic.obs_dim, critic.act_dim) != (actor.obs_dim, actor.act_dim):
-            raise ValueError(f"actor is obs {actor.obs_dim} -> act {actor.act_dim} but the critic takes "
-                             f"obs {critic.obs_dim} + act {critic.act_dim}")
-        if normalizer is not None and len(normalizer.mean) != actor.obs_dim:
-            raise ValueError(f"normalizer has {len(normalizer.mean)} features, the actor takes {actor.obs_dim}")
-        self.actor = actor.eval().requires_grad_(False)
-        self.critic = critic.eval().requires_grad_(False)
-        self.normalizer = normalizer
-        self.obs_dim, self.act_dim = actor.obs_dim, actor.act_dim
-        self.max_action = actor.max_action
+        super().__init__(actor, critic, normalizer, actor.obs_dim, actor.act_dim, actor.max_action)
 
     @torch.no_grad()
     def act(self, obs, noise=None):
         return self.actor(obs)
-
-    @torch.no_grad()
-    def q(self, obs, act):
-        return self.critic(obs, act)
-
-    def to(self, device=None, dtype=None):
-        self.actor.to(device=device, dtype=dtype)
-        self.critic.to(device=device, dtype=dtype)
-        return self
-
-    @property
-    def device(self):
-        return self.actor.net[0].weight.device
