@@ -14,12 +14,7 @@ from obd_fast.teacher import FunctionTeacher
 SMALL = ["--hidden", "16,16", "--n-syn", "8", "--inner-steps", "3"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(capsys, *argv):

@@ -9,15 +9,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def one_thread():
-    """The paper-size example on a shared 2-core machine: one thread avoids OpenMP oversubscription stalls."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_readme_python_example_runs(one_thread):

@@ -17,13 +17,7 @@ distill_module = importlib.import_module("obd_fast.distill")  # (obd_fast.distil
 OBS, ACT = 5, 2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks on a shared 2-core machine: one thread avoids OpenMP oversubscription stalls."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fake_data(n=400, seed=0, env_id=None):

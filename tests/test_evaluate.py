@@ -16,13 +16,7 @@ from obd_fast.teacher import FunctionTeacher
 SPEC = PolicySpec(5, 2, (16, 16))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small networks on a shared 2-core machine: one thread avoids the OpenMP oversubscription stalls."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def problem():
