@@ -25,7 +25,7 @@ from typing import List, Optional
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_torch_save, atomic_write_text
+from ..checkpoint import atomic_torch_save, atomic_write, atomic_write_text
 from .errors import DatasetError
 from .scores import normalized_score, reference_scores, task_name
 
@@ -159,10 +159,12 @@ def write_minari(dataset_id: str, episodes: List[dict], env_id: str, root: Path,
 
 def write_npz(path: Path, episodes: List[dict], env_id: str) -> Path:
     flat = episodes_to_flat(episodes)
-    path = Path(path)
-    from ..checkpoint import atomic_write
 
-    return atomic_write(path, lambda tmp: np.savez_compressed(open(tmp, "wb"), env_id=np.asarray(env_id), **flat))
+    def write(tmp):
+        with open(tmp, "wb") as f:  # a file object: given a path, numpy would append ".npz" to the temp name
+            np.savez_compressed(f, env_id=np.asarray(env_id), **flat)
+
+    return atomic_write(path, write)
 
 
 def dataset_stats(episodes: List[dict], env_id: str) -> dict:
