@@ -108,3 +108,49 @@ def test_bundle_readme(tiny_run, tmp_path):
     text = (tmp_path / "hopper-tiny" / "README.md").read_text()
     assert f"| seed | {TINY.seed} |" in text and str(summary["datasets"]["medium"]["transitions"]) in text
     assert len(load_dataset(str(target))) == summary["datasets"]["medium"]["transitions"]
+
+
+def test_evaluations_come_closer_together_near_the_target():
+    from obd_fast.data.recipe import _eval_interval
+
+    cfg = RecipeConfig(target_score=40.0, eval_every=5000, fine_eval_every=1000, fine_eval_from=0.5)
+    assert _eval_interval(cfg, []) == 5000
+    assert _eval_interval(cfg, [(5000, 100.0, 19.9)]) == 5000
+    assert _eval_interval(cfg, [(5000, 100.0, 19.9), (10000, 700.0, 20.0)]) == 1000
+    # the latest evaluation decides: a policy that fell back is looked at coarsely again
+    assert _eval_interval(cfg, [(10000, 700.0, 20.0), (11000, 90.0, 2.0)]) == 5000
+
+
+def test_behavior_policy_is_the_snapshot_closest_to_the_target(tmp_path, monkeypatch):
+    """A score that leaps past the target (26 -> 73, as SAC on hopper did) freezes the snapshot at
+    26, and medium-replay stops at that snapshot's step."""
+    import torch
+
+    from obd_fast.data import recipe
+    from obd_fast.data.scores import reference_scores
+
+    lo, hi = reference_scores("Hopper-v5")
+    scripted = iter([1.0, 20.0, 24.0, 26.0, 73.0])
+    monkeypatch.setattr(recipe, "_evaluate",
+                        lambda *a, **k: np.full(2, lo + (hi - lo) * next(scripted) / 100.0))
+    cfg = RecipeConfig(max_env_steps=2000, start_steps=50, eval_every=60, fine_eval_every=20, eval_episodes=2,
+                       medium_transitions=100, checkpoint_every=60, hidden=(16, 16), batch_size=16, target_score=33.3)
+    summary = make_dataset(tmp_path, cfg, progress=False)
+    assert summary["reached_target"] and summary["train_env_steps"] == 180
+    chosen = summary["behavior_policy"]
+    assert chosen["env_steps"] == 160 and chosen["normalized"] == pytest.approx(26.0)
+    assert summary["datasets"]["medium-replay"]["transitions"] == 160
+    saved = torch.load(tmp_path / "behavior_policy.pt", weights_only=False)
+    assert saved["env_steps"] == 160
+    final_actor = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["agent"]["actor"]
+    assert any(not torch.equal(saved["actor"][k], final_actor[k]) for k in final_actor)  # 20 more updates
+    readme = write_bundle(tmp_path, tmp_path / "bundle").parent / "README.md"
+    assert "step 160: return" in readme.read_text()
+
+
+def test_choose_snapshot_prefers_the_later_on_a_tie():
+    from obd_fast.data.recipe import _choose_snapshot
+
+    c = [dict(score=30.0, env_steps=1), dict(score=40.0, env_steps=2), dict(score=50.0, env_steps=3)]
+    assert _choose_snapshot(c, 35.0)["env_steps"] == 2
+    assert _choose_snapshot(c, 31.0)["env_steps"] == 1

@@ -34,11 +34,14 @@ from .scores import normalized_score, reference_scores, task_name
 class RecipeConfig:
     env_id: str = "Hopper-v5"
     seed: int = 0
-    target_score: float = 33.3        # normalized return (0-100) at which the behavior policy is frozen
+    target_score: float = 33.3        # normalized return (0-100) at which training stops (see _choose_snapshot)
     max_env_steps: int = 400_000       # give up (with the last policy) after this many training steps
     start_steps: int = 5_000           # uniform random actions first, as SAC usually does
     eval_every: int = 5_000            # env steps between evaluations of the stochastic policy
-    eval_episodes: int = 5
+    fine_eval_every: int = 250         # ... once an evaluation has passed fine_eval_from * target_score:
+    fine_eval_from: float = 0.5        # SAC on hopper can jump from 24 to 73 within 1k steps, so look closer
+    max_candidates: int = 40           # evaluated snapshots kept near the target to choose the behavior policy from
+    eval_episodes: int = 10
     medium_transitions: int = 100_000  # rollouts of the frozen policy (whole episodes, at least this many rows)
     checkpoint_every: int = 10_000     # env steps between resumable checkpoints (taken at episode ends)
     batch_size: int = 256
@@ -61,18 +64,31 @@ class _Env:
 
 
 def _evaluate(actor, env_id: str, episodes: int, seed: int, generator: torch.Generator) -> np.ndarray:
-    env = _Env(env_id, seed + 7919)
-    returns = []
-    for ep in range(episodes):
-        obs, done, total = env.reset(ep), False, 0.0
-        while not done:
-            action = actor.act(obs, deterministic=False, generator=generator)
-            obs, reward, term, trunc, _ = env.env.step(action)
-            total += reward
-            done = term or trunc
-        returns.append(total)
-    env.env.close()
-    return np.asarray(returns)
+    """Returns of ``episodes`` episodes of the stochastic policy, stepped in lockstep (one batched call per step)."""
+    from ..rollout import rollout_returns
+
+    def policy(obs):
+        return actor.sample(obs, deterministic=False, generator=generator)[0]
+
+    return rollout_returns(policy, env_id, episodes=episodes, seed=seed * 1_000_003 + 7919)
+
+
+def _near_target(cfg: RecipeConfig, score: float) -> bool:
+    return score >= cfg.fine_eval_from * cfg.target_score
+
+
+def _eval_interval(cfg: RecipeConfig, evals) -> int:
+    return cfg.fine_eval_every if evals and _near_target(cfg, evals[-1][2]) else cfg.eval_every
+
+
+def _choose_snapshot(candidates: List[dict], target: float) -> dict:
+    """The evaluated snapshot whose score is closest to the target (the later one on a tie).
+
+    A hopper policy's score can leap past the target between two evaluations (measured: 24 -> 73
+    within 1k steps), so the first policy to reach the target may be far above it; the recipe keeps
+    the recent snapshots near the target and freezes the closest instead.
+    """
+    return min(reversed(candidates), key=lambda c: abs(c["score"] - target))
 
 
 def _rollout_episodes(actor, env_id: str, min_transitions: int, seed: int, generator, progress) -> List[dict]:
@@ -132,6 +148,7 @@ def write_minari(dataset_id: str, episodes: List[dict], env_id: str, root: Path,
     buffers = [EpisodeBuffer(id=i, observations=ep["observations"], actions=ep["actions"], rewards=ep["rewards"],
                              terminations=ep["terminations"], truncations=ep["truncations"])
                for i, ep in enumerate(episodes)]
+    root = Path(root).resolve()  # minari resolves a relative MINARI_DATASETS_PATH against itself
     final = root / dataset_id
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root, prefix=".writing-") as tmp:
@@ -205,7 +222,7 @@ def make_dataset(out_dir, config: Optional[RecipeConfig] = None, resume: bool = 
     act_rng = np.random.default_rng(cfg.seed + 1)
     eval_gen = torch.Generator().manual_seed(cfg.seed + 2)
     state = dict(env_steps=0, episode=0, episode_log=[], evals=[], last_ckpt=0, frozen=False, started=time.time(),
-                 elapsed_before=0.0)
+                 elapsed_before=0.0, candidates=[], chosen=None)
 
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, weights_only=False)
@@ -240,13 +257,21 @@ def make_dataset(out_dir, config: Optional[RecipeConfig] = None, resume: bool = 
             state["env_steps"] += 1
             if state["env_steps"] >= cfg.start_steps:
                 info = agent.update(buf.sample(cfg.batch_size))
-            if state["env_steps"] % cfg.eval_every == 0:
+            if state["env_steps"] % _eval_interval(cfg, state["evals"]) == 0:
                 returns = _evaluate(agent.actor, cfg.env_id, cfg.eval_episodes, cfg.seed, eval_gen)
                 score = float(np.mean(normalized_score(cfg.env_id, returns)))
                 state["evals"].append((state["env_steps"], float(returns.mean()), score))
                 bar.set_postfix(score=f"{score:.1f}", alpha=f"{info['alpha']:.3f}" if state["env_steps"] > cfg.start_steps else "-")
+                if _near_target(cfg, score):
+                    actor = {k: v.detach().clone() for k, v in agent.actor.state_dict().items()}
+                    state["candidates"] = (state["candidates"] + [dict(
+                        env_steps=state["env_steps"], return_mean=float(returns.mean()), score=score, actor=actor,
+                        episodes_done=len(state["episode_log"]), partial=length, partial_ended=bool(term))
+                    ])[-cfg.max_candidates:]
+                else:
+                    state["candidates"] = []
                 if score >= cfg.target_score:
-                    state["frozen"] = True  # freeze the policy that was evaluated: stop right here
+                    state["frozen"] = True  # stop training right here and choose among the snapshots
             bar.update(1)
             if state["frozen"] or state["env_steps"] >= cfg.max_env_steps:
                 break
@@ -257,6 +282,18 @@ def make_dataset(out_dir, config: Optional[RecipeConfig] = None, resume: bool = 
             save_checkpoint()
     bar.close()
     env.env.close()
+    if state["frozen"] and state["chosen"] is None:
+        chosen = _choose_snapshot(state["candidates"], cfg.target_score)
+        # the behavior policy is that snapshot; medium-replay is the buffer up to it
+        state["chosen"] = {k: v for k, v in chosen.items() if k != "actor"}
+        state["episode_log"] = state["episode_log"][:chosen["episodes_done"]] + (
+            [(chosen["partial"], chosen["partial_ended"])] if chosen["partial"] else [])
+        state["behavior_actor"] = chosen["actor"]
+        save_checkpoint()
+    if state["chosen"] is not None:
+        agent.actor.load_state_dict(state["behavior_actor"])
+    last = state["evals"][-1] if state["evals"] else (state["env_steps"], float("nan"), float("nan"))
+    behavior = state["chosen"] or dict(env_steps=state["env_steps"], return_mean=last[1], score=last[2])
     train_seconds = state["elapsed_before"] + time.time() - state["started"]
     if not state["frozen"]:
         import warnings
@@ -265,7 +302,7 @@ def make_dataset(out_dir, config: Optional[RecipeConfig] = None, resume: bool = 
                       "the datasets use the last policy")
 
     atomic_torch_save(dict(actor=agent.actor.state_dict(), hidden=list(cfg.hidden), env_id=cfg.env_id,
-                           evals=state["evals"]), out / "behavior_policy.pt")
+                           evals=state["evals"], env_steps=behavior["env_steps"]), out / "behavior_policy.pt")
     t0 = time.time()
     gen = torch.Generator().manual_seed(cfg.seed + 3)
     with tqdm(total=cfg.medium_transitions, desc="medium rollouts", disable=not progress, unit="step") as p:
@@ -284,6 +321,8 @@ def make_dataset(out_dir, config: Optional[RecipeConfig] = None, resume: bool = 
         outputs[kind] = dict(minari=str(minari_path.relative_to(out)), npz=npz_path.name,
                              npz_bytes=npz_path.stat().st_size, **dataset_stats(episodes, cfg.env_id))
     summary = dict(config=asdict(cfg), reached_target=state["frozen"], train_env_steps=state["env_steps"],
+                   behavior_policy=dict(env_steps=behavior["env_steps"], return_mean=behavior["return_mean"],
+                                        normalized=behavior["score"]),
                    train_seconds=round(train_seconds, 1), rollout_seconds=round(rollout_seconds, 1),
                    evaluations=[dict(env_steps=s, return_mean=r, normalized=n) for s, r, n in state["evals"]],
                    datasets=outputs)
@@ -321,8 +360,11 @@ def _save_curve(out: Path, evals, cfg: RecipeConfig) -> None:
 BUNDLE_README = """# Bundled dataset: {name}
 
 Made by the project's own recipe (`obd_fast/data/recipe.py`): online SAC on Gymnasium
-`{env_id}` (MuJoCo), frozen when its stochastic policy's mean normalized return over
-{eval_episodes} evaluation episodes first reached {target_score}; then rollouts of that policy
+`{env_id}` (MuJoCo) until its stochastic policy's mean normalized return over {eval_episodes}
+evaluation episodes reached {target_score} (evaluated every {eval_every} steps, every {fine_eval_every}
+once a score passed {fine_eval_from} x the target). A hopper policy can leap far past the target
+between two evaluations, so the behavior policy is the evaluated snapshot closest to the target
+among the recent ones, and medium-replay holds the buffer up to it. Then rollouts of that policy
 (stochastic actions, whole episodes) until at least {medium_transitions} transitions, as D4RL's
 "medium" datasets were made. Nothing here was downloaded.
 
@@ -333,8 +375,8 @@ Command (from the repository root; it also writes the Minari and medium-replay v
 | what | value |
 | --- | --- |
 | seed | {seed} |
-| SAC training steps until frozen | {train_env_steps} (reached target: {reached_target}) |
-| behavior policy at freeze (evaluation) | return {freeze_return:.1f}, normalized {freeze_score:.1f} |
+| SAC training steps (until an evaluation reached the target) | {train_env_steps} (reached target: {reached_target}) |
+| behavior policy: the snapshot closest to the target | step {freeze_step}: return {freeze_return:.1f}, normalized {freeze_score:.1f} |
 | recipe wall time here (2-core CPU, 1 torch thread) | {wall_minutes:.1f} min |
 | transitions / episodes | {transitions} / {episodes} |
 | episode return mean +- std (min, max) | {return_mean:.1f} +- {return_std:.1f} ({return_min:.1f}, {return_max:.1f}) |
@@ -354,13 +396,13 @@ def write_bundle(run_dir, dest, kind: str = "medium") -> Path:
     cfg, ds = summary["config"], summary["datasets"][kind]
     task = task_name(cfg["env_id"])
     lo, hi = reference_scores(cfg["env_id"])
-    last = summary["evaluations"][-1] if summary["evaluations"] else dict(return_mean=float("nan"), normalized=float("nan"))
+    last = summary["behavior_policy"]
     dest.mkdir(parents=True, exist_ok=True)
     target = dest / ds["npz"]
     shutil.copyfile(run_dir / ds["npz"], target)
     text = BUNDLE_README.format(
         name=dest.name, task=task, file=target.name, megabytes=target.stat().st_size / 1e6,
-        freeze_return=last["return_mean"], freeze_score=last["normalized"], ref_min=lo, ref_max=hi,
+        freeze_return=last["return_mean"], freeze_score=last["normalized"], freeze_step=last["env_steps"], ref_min=lo, ref_max=hi,
         wall_minutes=(summary["train_seconds"] + summary["rollout_seconds"]) / 60,
         train_env_steps=summary["train_env_steps"], reached_target=summary["reached_target"], **cfg,
         **{k: v for k, v in ds.items() if k not in ("npz", "minari", "npz_bytes")})
