@@ -154,3 +154,13 @@ def test_choose_snapshot_prefers_the_later_on_a_tie():
     c = [dict(score=30.0, env_steps=1), dict(score=40.0, env_steps=2), dict(score=50.0, env_steps=3)]
     assert _choose_snapshot(c, 35.0)["env_steps"] == 2
     assert _choose_snapshot(c, 31.0)["env_steps"] == 1
+
+
+def test_a_relative_output_directory_works(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = RecipeConfig(max_env_steps=200, start_steps=100, eval_every=100, eval_episodes=1, medium_transitions=50,
+                       checkpoint_every=100, hidden=(8, 8), batch_size=8, target_score=1e9)
+    with pytest.warns(UserWarning, match="did not reach"):
+        summary = make_dataset("relative/run", cfg, progress=False)
+    assert summary["datasets"]["medium"]["minari"] == "minari/obd-fast/hopper/medium-v0"
+    assert load_dataset(str(tmp_path / "relative" / "run" / "minari" / "obd-fast" / "hopper" / "medium-v0")).env_id

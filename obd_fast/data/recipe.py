@@ -318,7 +318,7 @@ def make_dataset(out_dir, config: Optional[RecipeConfig] = None, resume: bool = 
                     description=f"obd-fast recipe: SAC on {cfg.env_id}, seed {cfg.seed}, {kind}")
         minari_path = write_minari(f"obd-fast/{env_name}/{kind}-v0", episodes, cfg.env_id, out / "minari", meta)
         npz_path = write_npz(out / f"{env_name}-{kind}.npz", episodes, cfg.env_id)
-        outputs[kind] = dict(minari=str(minari_path.relative_to(out)), npz=npz_path.name,
+        outputs[kind] = dict(minari=str(minari_path.relative_to(out.resolve())), npz=npz_path.name,
                              npz_bytes=npz_path.stat().st_size, **dataset_stats(episodes, cfg.env_id))
     summary = dict(config=asdict(cfg), reached_target=state["frozen"], train_env_steps=state["env_steps"],
                    behavior_policy=dict(env_steps=behavior["env_steps"], return_mean=behavior["return_mean"],
@@ -327,11 +327,11 @@ def make_dataset(out_dir, config: Optional[RecipeConfig] = None, resume: bool = 
                    evaluations=[dict(env_steps=s, return_mean=r, normalized=n) for s, r, n in state["evals"]],
                    datasets=outputs)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
-    _save_curve(out, state["evals"], cfg)
+    _save_curve(out, state["evals"], cfg, behavior)
     return summary
 
 
-def _save_curve(out: Path, evals, cfg: RecipeConfig) -> None:
+def _save_curve(out: Path, evals, cfg: RecipeConfig, behavior: Optional[dict] = None) -> None:
     with open(out / "training_curve.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["env_steps", "return_mean", "normalized_score"])
@@ -346,7 +346,9 @@ def _save_curve(out: Path, evals, cfg: RecipeConfig) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     if evals:
         steps, _, scores = zip(*evals)
-        ax.plot(steps, scores, marker="o")
+        ax.plot(steps, scores, marker="o", ms=3)
+    if behavior is not None and np.isfinite(behavior["score"]):
+        ax.plot([behavior["env_steps"]], [behavior["score"]], "r*", ms=14, label="behavior policy")
     ax.axhline(cfg.target_score, ls="--", c="gray", label="target")
     ax.set_xlabel("environment steps")
     ax.set_ylabel("normalized return")
