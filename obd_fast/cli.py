@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--env", default="Hopper-v5")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--target-score", type=_positive_float, default=33.3,
-                   help="normalized return at which the behavior policy is frozen")
+                   help="normalized return that stops training; the behavior policy is the recent "
+                        "evaluated snapshot closest to it")
     m.add_argument("--transitions", type=POS, default=100_000, help="rows of the medium dataset")
     m.add_argument("--max-env-steps", type=POS, default=400_000)
     m.add_argument("--resume", action="store_true")
