@@ -170,7 +170,8 @@ def summarize(rows: dict) -> dict:
     for key, runs in rows.items():
         scores = np.array([r["score"] for r in runs])
         out[key] = dict(mean=float(scores.mean()), spread=float(scores.std()), seeds=[r["seed"] for r in runs],
-                        per_seed=[float(s) for s in scores], steps=[r["step"] for r in runs])
+                        per_seed=[float(s) for s in scores], policy_std=[float(r["policy_std"]) for r in runs],
+                        steps=[r["step"] for r in runs])
     return out
 
 
@@ -181,6 +182,8 @@ def ordering_text(summary: dict) -> str:
     lines = [f"Measured order (lowest to highest mean): {' < '.join(LABELS[k] for k in ranked)}.",
              f"Paper's Table 1 order: {' < '.join(LABELS[k] for k in paper)}: "
              + ("**reproduced**." if ranked == paper else "**not reproduced** here.")]
+    if any(len(summary[k].get("seeds", [0, 1])) < 2 for k in have):
+        lines.append("With one seed the order is within the spread of the BC policies: not conclusive yet.")
     if "random" in summary:
         above = [LABELS[k] for k in OBJECTIVES if k in summary and summary[k]["mean"] > summary["random"]["mean"]]
         lines.append(f"Above random selection: {', '.join(above) if above else 'none'}.")
@@ -194,13 +197,14 @@ def plot(rows: dict, summary: dict, path: Path) -> None:
     ax_bar, ax_curve = fig.subplots(1, 2)
     order = [k for k in ("random", *OBJECTIVES) if k in summary]
     x = np.arange(len(order))
-    ax_bar.bar(x, [summary[k]["mean"] for k in order], yerr=[summary[k]["spread"] for k in order], capsize=4,
-               color=[f"C{i}" for i in range(len(order))])
+    one_seed = all(len(summary[k]["seeds"]) == 1 for k in order)
+    err = [summary[k]["policy_std"][0] if one_seed else summary[k]["spread"] for k in order]
+    ax_bar.bar(x, [summary[k]["mean"] for k in order], yerr=err, capsize=4, color=[f"C{i}" for i in range(len(order))])
     for i, k in enumerate(order):
         ax_bar.scatter(np.full(len(summary[k]["per_seed"]), x[i]), summary[k]["per_seed"], color="k", s=10, zorder=3)
     ax_bar.set_xticks(x, [LABELS[k] for k in order])
     ax_bar.set_ylabel("D4RL normalized return")
-    ax_bar.set_title("final synthetic sets (bars: mean +- std over seeds; dots: seeds)")
+    ax_bar.set_title("final synthetic sets (error: std over " + ("its BC policies)" if one_seed else "seeds; dots: seeds)"))
     start = {r["seed"]: r["score"] for r in rows.get("random", [])}  # every run starts from its seed's random selection
     for k in (o for o in OBJECTIVES if o in rows):
         for j, r in enumerate(rows[k]):
@@ -224,14 +228,16 @@ def cmd_report(args) -> int:
     summary = summarize(rows)
     out = Path(args.out)
     plot(rows, summary, out.parent / args.plot)
-    table = ["| method | seeds | outer steps | normalized return, mean +- std over seeds | per seed | paper Table 1 (avg of 9 datasets) |",
+    table = ["| method | seeds | outer steps | normalized return, mean +- std over seeds | per seed (mean +- std over its BC policies) | paper Table 1 (avg of 9 datasets) |",
              "|---|---|---|---|---|---|"]
     for k in ("random", *OBJECTIVES):
         if k in summary:
             s = summary[k]
             steps = "-" if k == "random" else ", ".join(str(v) for v in s["steps"])
-            table.append(f"| {LABELS[k]} | {len(s['seeds'])} | {steps} | {s['mean']:.1f} +- {s['spread']:.1f} | "
-                         f"{', '.join(f'{v:.1f}' for v in s['per_seed'])} | {PAPER_AVERAGE[k]} |")
+            spread = f" +- {s['spread']:.1f}" if len(s["seeds"]) > 1 else " (one seed)"
+            per_seed = ", ".join(f"{v:.1f} +- {p:.1f}" for v, p in zip(s["per_seed"], s["policy_std"]))
+            table.append(f"| {LABELS[k]} | {len(s['seeds'])} | {steps} | {s['mean']:.1f}{spread} | {per_seed} | "
+                         f"{PAPER_AVERAGE[k]} |")
     notes = Path(args.notes).read_text().strip() if Path(args.notes).is_file() else ""
     text = RESULTS_TEMPLATE.format(table="\n".join(table), ordering=ordering_text(summary), policies=args.policies,
                                    episodes=args.episodes, plot=args.plot, notes=notes)

@@ -35,7 +35,7 @@ def test_run_then_report(tmp_path):
               "--out", str(out), "--notes", str(notes)]
     assert results.main(report) == 0
     text = out.read_text()
-    assert "| DBC | 2 | 3, 3 |" in text and "| random selection | 2 | - |" in text
+    assert "| DBC | 2 | 3, 3 |" in text and "| random selection | 2 | - |" in text and " +- " in text
     assert "Discussion goes here." in text and (tmp_path / "results.png").stat().st_size > 0
     cached = json.loads((root / "dbc-s0" / "final_eval.json").read_text())
     assert list(cached) == ["step3-p1-e1"]
