@@ -37,6 +37,7 @@ from obd_fast.checkpoint import atomic_write, atomic_write_text  # noqa: E402
 from obd_fast.demo import BUNDLED_DATA, BUNDLED_TEACHER, ENV_ID, LABELS, PAPER_AVERAGE  # noqa: E402
 
 OBJECTIVES = ("dbc", "pbc", "av-pbc")
+METHODS = ("random", *OBJECTIVES)  # the table's rows, in the paper's order
 
 
 def run_name(objective: str, seed: int) -> str:
@@ -45,12 +46,10 @@ def run_name(objective: str, seed: int) -> str:
 
 def reached_step(run_dir: Path) -> int:
     """Outer steps a run has saved (0 when it has not started)."""
-    state = run_dir / "state.pt"
-    if not state.exists():
-        return 0
-    import torch
+    from obd_fast.distill import load_state
 
-    return int(torch.load(state, map_location="cpu", weights_only=True)["step"])
+    state = run_dir / "state.pt"
+    return int(load_state(state)["step"]) if state.exists() else 0
 
 
 def take_lock(path: Path):
@@ -106,11 +105,11 @@ def cmd_run(args) -> int:
             if lock is None:
                 print(f"{name}: another process is running it; skipped")
                 continue
-            log = open(root / "logs" / f"{name}.log", "a")
-            log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M')} start, {left:.1f} min left\n")
-            log.flush()
-            p = subprocess.Popen(distill_command(args, objective, seed, left - 1), cwd=REPO, stdout=log,
-                                 stderr=subprocess.STDOUT)
+            with open(root / "logs" / f"{name}.log", "a") as log:  # the child keeps its own handle
+                log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M')} start, {left:.1f} min left\n")
+                log.flush()
+                p = subprocess.Popen(distill_command(args, objective, seed, left - 1), cwd=REPO, stdout=log,
+                                     stderr=subprocess.STDOUT)
             running.append((p, name, lock))
             print(f"started {name} (pid {p.pid})", flush=True)
         if not running:
@@ -141,21 +140,20 @@ def collect(args) -> dict:
     from obd_fast.synset import SyntheticSet
 
     root = Path(args.root)
-    rows = {}
+    rows, first = {}, None
     for objective in OBJECTIVES:
         for seed in args.seeds:
             run_dir = root / run_name(objective, seed)
             if not (run_dir / "synset.pt").exists():
                 continue
             syn = SyntheticSet.load(run_dir / "synset.pt")
+            first = first or syn
             res = final_evaluation(syn, run_dir / "final_eval.json", args.episodes, args.policies, seed)
             curve = [(h["step"], h["score_mean"]) for h in syn.history if h.get("score_mean") is not None]
             rows.setdefault(objective, []).append(dict(seed=seed, step=syn.step, score=res["mean"],
                                                        policy_std=res["policy_std"], curve=curve))
-    if rows:
+    if first is not None:
         # random selection with the runs' own normalization and network (their starting point)
-        first = SyntheticSet.load(next(root / run_name(o, s) for o in OBJECTIVES for s in args.seeds
-                                       if (root / run_name(o, s) / "synset.pt").exists()) / "synset.pt")
         data = load_dataset(args.data, env_id=ENV_ID if args.data == BUNDLED_DATA else None)
         for seed in args.seeds:
             start = random_selection(data, len(first), seed=seed, normalizer=first.normalizer, spec=first.spec)
@@ -176,12 +174,11 @@ def summarize(rows: dict) -> dict:
 
 
 def ordering_text(summary: dict) -> str:
-    have = [k for k in ("random", "dbc", "pbc", "av-pbc") if k in summary]
+    have = [k for k in METHODS if k in summary]
     ranked = sorted(have, key=lambda k: summary[k]["mean"])
-    paper = [k for k in ("random", "dbc", "pbc", "av-pbc") if k in have]
     lines = [f"Measured order (lowest to highest mean): {' < '.join(LABELS[k] for k in ranked)}.",
-             f"Paper's Table 1 order: {' < '.join(LABELS[k] for k in paper)}: "
-             + ("**reproduced**." if ranked == paper else "**not reproduced** here.")]
+             f"Paper's Table 1 order: {' < '.join(LABELS[k] for k in have)}: "
+             + ("**reproduced**." if ranked == have else "**not reproduced** here.")]
     if any(len(summary[k].get("seeds", [0, 1])) < 2 for k in have):
         lines.append("With one seed the order is within the spread of the BC policies: not conclusive yet.")
     if "random" in summary:
@@ -195,7 +192,7 @@ def plot(rows: dict, summary: dict, path: Path) -> None:
 
     fig = Figure(figsize=(11, 4))
     ax_bar, ax_curve = fig.subplots(1, 2)
-    order = [k for k in ("random", *OBJECTIVES) if k in summary]
+    order = [k for k in METHODS if k in summary]
     x = np.arange(len(order))
     one_seed = all(len(summary[k]["seeds"]) == 1 for k in order)
     err = [summary[k]["policy_std"][0] if one_seed else summary[k]["spread"] for k in order]
@@ -230,7 +227,7 @@ def cmd_report(args) -> int:
     plot(rows, summary, out.parent / args.plot)
     table = ["| method | seeds | outer steps | normalized return, mean +- std over seeds | per seed (mean +- std over its BC policies) | paper Table 1 (avg of 9 datasets) |",
              "|---|---|---|---|---|---|"]
-    for k in ("random", *OBJECTIVES):
+    for k in METHODS:
         if k in summary:
             s = summary[k]
             steps = "-" if k == "random" else ", ".join(str(v) for v in s["steps"])

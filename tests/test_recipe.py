@@ -146,6 +146,12 @@ def test_behavior_policy_is_the_snapshot_closest_to_the_target(tmp_path, monkeyp
     assert any(not torch.equal(saved["actor"][k], final_actor[k]) for k in final_actor)  # 20 more updates
     readme = write_bundle(tmp_path, tmp_path / "bundle").parent / "README.md"
     assert "step 160: return" in readme.read_text()
+    # resuming the finished run keeps the chosen snapshot (no evaluation runs again)
+    monkeypatch.setattr(recipe, "_evaluate", lambda *a, **k: pytest.fail("evaluated again"))
+    again = make_dataset(tmp_path, cfg, resume=True, progress=False)
+    assert again["behavior_policy"] == chosen
+    resaved = torch.load(tmp_path / "behavior_policy.pt", weights_only=False)
+    assert all(torch.equal(resaved["actor"][k], saved["actor"][k]) for k in saved["actor"])
 
 
 def test_choose_snapshot_prefers_the_later_on_a_tie():

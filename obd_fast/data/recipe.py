@@ -285,13 +285,12 @@ def make_dataset(out_dir, config: Optional[RecipeConfig] = None, resume: bool = 
     if state["frozen"] and state["chosen"] is None:
         chosen = _choose_snapshot(state["candidates"], cfg.target_score)
         # the behavior policy is that snapshot; medium-replay is the buffer up to it
-        state["chosen"] = {k: v for k, v in chosen.items() if k != "actor"}
+        state["chosen"], state["candidates"] = chosen, []
         state["episode_log"] = state["episode_log"][:chosen["episodes_done"]] + (
             [(chosen["partial"], chosen["partial_ended"])] if chosen["partial"] else [])
-        state["behavior_actor"] = chosen["actor"]
         save_checkpoint()
     if state["chosen"] is not None:
-        agent.actor.load_state_dict(state["behavior_actor"])
+        agent.actor.load_state_dict(state["chosen"]["actor"])
     last = state["evals"][-1] if state["evals"] else (state["env_steps"], float("nan"), float("nan"))
     behavior = state["chosen"] or dict(env_steps=state["env_steps"], return_mean=last[1], score=last[2])
     train_seconds = state["elapsed_before"] + time.time() - state["started"]
@@ -398,13 +397,14 @@ def write_bundle(run_dir, dest, kind: str = "medium") -> Path:
     cfg, ds = summary["config"], summary["datasets"][kind]
     task = task_name(cfg["env_id"])
     lo, hi = reference_scores(cfg["env_id"])
-    last = summary["behavior_policy"]
+    behavior = summary["behavior_policy"]
     dest.mkdir(parents=True, exist_ok=True)
     target = dest / ds["npz"]
     shutil.copyfile(run_dir / ds["npz"], target)
     text = BUNDLE_README.format(
         name=dest.name, task=task, file=target.name, megabytes=target.stat().st_size / 1e6,
-        freeze_return=last["return_mean"], freeze_score=last["normalized"], freeze_step=last["env_steps"], ref_min=lo, ref_max=hi,
+        freeze_return=behavior["return_mean"], freeze_score=behavior["normalized"], freeze_step=behavior["env_steps"],
+        ref_min=lo, ref_max=hi,
         wall_minutes=(summary["train_seconds"] + summary["rollout_seconds"]) / 60,
         train_env_steps=summary["train_env_steps"], reached_target=summary["reached_target"], **cfg,
         **{k: v for k, v in ds.items() if k not in ("npz", "minari", "npz_bytes")})
