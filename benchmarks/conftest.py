@@ -8,6 +8,20 @@ RESULTS = {}  # filled by the benchmark tests: (group, variant) -> dict
 SUMMARY = {}  # GEMM rates, memory and precision figures of the run
 
 
+def pytest_addoption(parser):
+    parser.addoption("--threads", type=int, default=None,
+                     help="torch intra-op threads for the run (default: torch's); 1 is the steadiest on a shared VM")
+
+
+def pytest_configure(config):
+    threads = config.getoption("--threads", default=None)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    SUMMARY["threads"] = __import__("torch").get_num_threads()
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not RESULTS:
         return
@@ -15,7 +29,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     for (group, variant), r in RESULTS.items():
         rows[group][variant] = r
     gemm = SUMMARY.get("fp32_gflops")
-    lines = [f"fp32 GEMM (256^3, this run): {gemm:.0f} GFLOP/s; bf16 GEMM: {SUMMARY.get('bf16_gflops', 0):.0f} GFLOP/s",
+    lines = [f"{SUMMARY['threads']} torch thread(s); fp32 GEMM (256^3, this run): {gemm:.0f} GFLOP/s; "
+             f"bf16 GEMM: {SUMMARY.get('bf16_gflops', 0):.0f} GFLOP/s",
              "", "| case | variant | s/step (min) | x vs reference | x vs create_graph | GFLOP/s | % of fp32 GEMM | "
              "stored state MB |", "|---|---|---|---|---|---|---|---|"]
     for group in sorted(rows):

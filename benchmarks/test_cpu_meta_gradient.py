@@ -2,6 +2,7 @@
 
     ./run.sh bench                      # or: python -m pytest benchmarks -o addopts=""
     ./run.sh bench -k "hopper and T100" # one case
+    ./run.sh bench --threads 1          # one torch thread (steadier on a shared 2-core VM)
 
 The side-by-side table (ratios, achieved GFLOP/s against the fp32 GEMM rate measured in the same
 run) is printed at the end and saved in .benchmarks/ with a chart.

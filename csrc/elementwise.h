@@ -45,6 +45,10 @@ void head_hvp(const HeadInputs&, const at::Tensor&, const at::Tensor&, const at:
 void head_action(const HeadInputs&, const at::Tensor&);
 void sgd_step(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double, double, double);
 void adjoint_step(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, double, double);
+// The epilogue of a CPU matrix product (mlp.cpp's Gemm): out (n, m) <- act(r (+ out) (+ bias)),
+// where r (n, m, contiguous) has out's dtype or is bf16 and bias (m,) may be undefined; relu
+// clamps at 0. Replaces ATen's bias broadcast copy, dtype conversion and add with one pass.
+void store_product(const at::Tensor& out, const at::Tensor& r, const at::Tensor& bias, bool accumulate, bool relu);
 }  // namespace cpu
 
 #ifdef OBD_FAST_WITH_CUDA

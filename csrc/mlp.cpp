@@ -26,6 +26,10 @@ void Gemm::operator()(const at::Tensor& out, const at::Tensor& a, const at::Tens
     return;
   }
   // The product lands in a temporary (transposed, or bf16); store or add it.
+  if (!transposed && out.is_cpu() && out.is_contiguous()) {
+    cpu::store_product(out, at::mm(operand(a), operand(b)), at::Tensor(), accumulate, /*relu=*/false);
+    return;
+  }
   const at::Tensor r = transposed ? at::mm(operand(b.t()), operand(a.t())).t() : at::mm(operand(a), operand(b));
   if (accumulate) {
     o.add_(r);
@@ -37,6 +41,17 @@ void Gemm::operator()(const at::Tensor& out, const at::Tensor& a, const at::Tens
 void Gemm::with_bias(const at::Tensor& out, const at::Tensor& bias, const at::Tensor& a, const at::Tensor& b,
                      bool relu) const {
   at::Tensor o = out;
+  if (out.is_cpu() && out.is_contiguous()) {
+    // The product, then bias (+ ReLU) in one pass over the (cache-hot) output: ATen's CPU addmm
+    // would first copy the broadcast bias into out, and bf16 results need a conversion anyway.
+    if (precision == Precision::kBF16) {
+      cpu::store_product(out, at::mm(operand(a), operand(b)), bias, /*accumulate=*/false, relu);
+    } else {
+      at::mm_out(o, a, b);
+      cpu::store_product(out, out, bias, /*accumulate=*/false, relu);
+    }
+    return;
+  }
   if (precision == Precision::kBF16) {
     at::add_out(o, at::mm(operand(a), operand(b)).to(out.scalar_type()), bias);
     if (relu) o.relu_();

@@ -4,6 +4,9 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <optional>
+
+#include "tape_pool.h"
 #include "unroll.h"
 
 extern "C" {
@@ -132,7 +135,11 @@ std::vector<at::Tensor> op_meta_gradient(const at::Tensor& theta0, const at::Ten
   const InnerConfig cfg = make_config(steps, lr, momentum, weight_decay, checkpoint_every, precision);
   const at::Tensor syn_obs = syn_obs_in.contiguous(), syn_act = syn_act_in.contiguous();
   const at::Tensor noise = optional_contig(inner_noise);
-  const UnrollTape tape = unroll_forward(mlp, cfg, theta0.contiguous(), syn_obs, syn_act, noise);
+  // The tape dies with this call, so on CPU it can live in pooled memory (tape_pool.h).
+  std::optional<TapeLease> lease;
+  if (theta0.is_cpu() && cfg.keep_all()) lease.emplace(tape_numel(mlp, cfg, syn_obs.size(0)), theta0.options());
+  const UnrollTape tape = unroll_forward(mlp, cfg, theta0.contiguous(), syn_obs, syn_act, noise,
+                                         lease ? lease->buffer() : at::Tensor());
   // Outer loss and v = dH/dtheta_T.
   const auto opts = theta0.options();
   const int64_t b = obs.size(0);
@@ -191,6 +198,8 @@ TORCH_LIBRARY(obd_fast, m) {
       "float momentum, float weight_decay, int checkpoint_every, int precision) -> Tensor[]");
   m.def("policy_forward(Tensor theta, Tensor obs, Tensor? noise, int[] widths, bool gaussian, float max_action) -> Tensor");
   m.def("build_info() -> str", &op_build_info);
+  m.def("tape_pool_bytes() -> int", [] { return tape_pool_bytes(); });
+  m.def("release_tape_pool() -> ()", [] { release_tape_pool(); });
 }
 
 TORCH_LIBRARY_IMPL(obd_fast, CompositeExplicitAutograd, m) {

@@ -47,10 +47,22 @@ void reverse_segment(const Mlp& mlp, const Gemm& mm, const InnerConfig& cfg, con
   }
 }
 
+// The records start on a 64-byte boundary of the storage, as a fresh allocation would: BLAS
+// kernels may sum in another order for other operand alignments, and the checkpointed schedule
+// (records in their own allocation) must stay bitwise equal to this one.
+int64_t thetas_span(const Mlp& mlp, const InnerConfig& cfg) {
+  constexpr int64_t kAlign = 16;  // elements; 64 bytes or more for float32 and float64
+  return ((cfg.steps + 1) * mlp.num_params + kAlign - 1) / kAlign * kAlign;
+}
+
 }  // namespace
 
+int64_t tape_numel(const Mlp& mlp, const InnerConfig& cfg, int64_t n) {
+  return thetas_span(mlp, cfg) + cfg.steps * mlp.record_size(n);
+}
+
 UnrollTape unroll_forward(const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& theta0, const at::Tensor& syn_obs,
-                          const at::Tensor& syn_act, const at::Tensor& noise) {
+                          const at::Tensor& syn_act, const at::Tensor& noise, const at::Tensor& storage) {
   const auto opts = theta0.options();
   const int64_t P = mlp.num_params, n = syn_obs.size(0), R = mlp.record_size(n), T = cfg.steps;
   const Gemm mm{cfg.precision};
@@ -59,8 +71,15 @@ UnrollTape unroll_forward(const Mlp& mlp, const InnerConfig& cfg, const at::Tens
   at::Tensor buf = cfg.momentum != 0.0 ? at::zeros({P}, opts) : at::Tensor();
   UnrollTape tape;
   if (cfg.keep_all()) {
-    tape.thetas = at::empty({T + 1, P}, opts);
-    tape.records = at::empty({T, R}, opts);
+    if (storage.defined()) {
+      TORCH_CHECK(storage.numel() == tape_numel(mlp, cfg, n) && storage.dtype() == opts.dtype(),
+                  "obd_fast: tape storage of the wrong size or dtype");
+      tape.thetas = storage.narrow(0, 0, (T + 1) * P).view({T + 1, P});
+      tape.records = storage.narrow(0, thetas_span(mlp, cfg), T * R).view({T, R});
+    } else {
+      tape.thetas = at::empty({T + 1, P}, opts);
+      tape.records = at::empty({T, R}, opts);
+    }
     tape.thetas.select(0, 0).copy_(theta0);
     run_segment(mlp, mm, cfg, syn_obs, syn_act, noise, 0, T, tape.thetas, tape.records, buf, grad, ws);
     tape.theta_T = tape.thetas.select(0, T);

@@ -26,8 +26,12 @@ struct UnrollTape {
   at::Tensor ck_bufs;    // checkpointed with momentum: (C, P), momentum buffer before those steps
 };
 
+// Elements of the keep-all tape (thetas and records).
+int64_t tape_numel(const Mlp& mlp, const InnerConfig& cfg, int64_t n);
+
+// storage: optional 1-D buffer of tape_numel elements for a keep-all tape (else it is allocated).
 UnrollTape unroll_forward(const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& theta0, const at::Tensor& syn_obs,
-                          const at::Tensor& syn_act, const at::Tensor& noise);
+                          const at::Tensor& syn_act, const at::Tensor& noise, const at::Tensor& storage = {});
 
 // (d theta_0, d syn_obs, d syn_act) of <grad_theta_T, theta_T>.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> unroll_backward(const Mlp& mlp, const InnerConfig& cfg,

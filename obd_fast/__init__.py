@@ -9,7 +9,7 @@ The pipeline on top: :func:`distill` / :class:`Distiller` (DBC, PBC, Av-PBC with
 :class:`DistillConfig`) produce a :class:`SyntheticSet`; :mod:`obd_fast.evaluate` trains policies
 on it by BC and rolls them out (:func:`evaluate_synset`, :func:`train_bc`, baselines).
 """
-from ._extension import available as fused_available, build_info
+from ._extension import available as fused_available, build_info, cached_tape_bytes, empty_cache
 from .ops import meta_gradient, policy_forward, unroll_bc, weighted_bc_loss
 from .policy import PolicyModule, PolicySpec
 from .synset import SynsetError, SyntheticSet
@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PolicySpec", "PolicyModule", "unroll_bc", "weighted_bc_loss", "meta_gradient", "policy_forward",
-    "fused_available", "build_info", "__version__",
+    "fused_available", "build_info", "empty_cache", "cached_tape_bytes", "__version__",
     "SyntheticSet", "SynsetError", "DistillConfig", "Distiller", "NonFiniteError", "distill",
     "evaluate", "evaluate_synset", "train_bc",
 ]

@@ -16,7 +16,8 @@ The budget, in order of precedence:
    ``512M``, ``4G``; binary suffixes K/M/G/T; ``inf``/``none``/``off`` turns the guard off),
 3. ``DEFAULT_FRACTION`` (one half) of the memory available now: ``MemAvailable`` of
    ``/proc/meminfo`` (else ``psutil.virtual_memory().available`` when psutil is installed, else no
-   limit) for CPU tensors, the free memory ``torch.cuda.mem_get_info`` reports for CUDA tensors.
+   limit), plus the tape memory earlier fused calls keep for reuse (``obd_fast.cached_tape_bytes``),
+   for CPU tensors, the free memory ``torch.cuda.mem_get_info`` reports for CUDA tensors.
 """
 from __future__ import annotations
 
@@ -102,13 +103,15 @@ def available_bytes(device) -> Optional[int]:
     if device.type != "cpu":
         return None
     avail = _meminfo_available()
-    if avail is not None:
-        return avail
-    try:
-        import psutil
-    except ImportError:
-        return None
-    return int(psutil.virtual_memory().available)
+    if avail is None:
+        try:
+            import psutil
+        except ImportError:
+            return None
+        avail = int(psutil.virtual_memory().available)
+    # the tape pool of earlier fused calls is available to this process too (as on CUDA above)
+    from ._extension import cached_tape_bytes
+    return avail + cached_tape_bytes()
 
 
 def resolve_budget(memory_budget, device) -> Tuple[Optional[float], str]:

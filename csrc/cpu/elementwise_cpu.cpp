@@ -3,6 +3,8 @@
 // number of threads.
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+
 #include "../head_args.h"
 
 namespace obd_fast {
@@ -73,6 +75,40 @@ void adjoint_step(const at::Tensor& a, const at::Tensor& hu, const at::Tensor& u
     at::parallel_for(0, a.numel(), 16384, [&](int64_t begin, int64_t end) {
       for (int64_t k = begin; k < end; ++k) head::adjoint_element(a_, hu_, u_, lr_, mom, wd, k);
     });
+  });
+}
+
+namespace {
+// One row of store_product: out = act(r (+ out) (+ bias)), r in the output's dtype or in bf16.
+// r may be out itself (no __restrict__ on the two).
+template <typename scalar_t, typename src_t>
+inline void store_row(scalar_t* out, const src_t* r, const scalar_t* __restrict__ bias,
+                      int64_t m, bool accumulate, bool relu) {
+  for (int64_t j = 0; j < m; ++j) {
+    scalar_t v = static_cast<scalar_t>(r[j]);
+    if (accumulate) v += out[j];
+    if (bias != nullptr) v += bias[j];
+    out[j] = relu && v < scalar_t(0) ? scalar_t(0) : v;  // NaN passes, as torch.relu does
+  }
+}
+}  // namespace
+
+void store_product(const at::Tensor& out, const at::Tensor& r, const at::Tensor& bias, bool accumulate, bool relu) {
+  const int64_t n = out.size(0), m = out.size(1);
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "obd_fast_store_product_cpu", [&] {
+    scalar_t* o = out.data_ptr<scalar_t>();
+    const scalar_t* b = ptr_or_null<scalar_t>(bias);
+    const int64_t grain_rows = std::max<int64_t>(1, 16384 / std::max<int64_t>(m, 1));
+    auto rows = [&](auto* src) {
+      at::parallel_for(0, n, grain_rows, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) store_row(o + i * m, src + i * m, b, m, accumulate, relu);
+      });
+    };
+    if (r.scalar_type() == at::kBFloat16) {
+      rows(r.data_ptr<at::BFloat16>());
+    } else {
+      rows(r.data_ptr<scalar_t>());
+    }
   });
 }
 
