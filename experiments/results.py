@@ -184,7 +184,30 @@ def ordering_text(summary: dict) -> str:
     if "random" in summary:
         above = [LABELS[k] for k in OBJECTIVES if k in summary and summary[k]["mean"] > summary["random"]["mean"]]
         lines.append(f"Above random selection: {', '.join(above) if above else 'none'}.")
+        paired = paired_text(summary)
+        if paired:
+            lines.append(paired)
     return "\n".join(lines)
+
+
+def paired_text(summary: dict) -> str:
+    """Each objective against its own starting point, seed by seed: a run of seed s starts from
+    the random selection of seed s, so the per-seed difference removes the (large) spread that the
+    choice of starting pairs adds to both."""
+    rand = dict(zip(summary["random"].get("seeds", []), summary["random"].get("per_seed", [])))
+    parts = []
+    for k in OBJECTIVES:
+        if k not in summary:
+            continue
+        diffs = [v - rand[s] for s, v in zip(summary[k].get("seeds", []), summary[k].get("per_seed", [])) if s in rand]
+        if len(diffs) < 2:
+            continue
+        d = np.array(diffs)
+        parts.append(f"{LABELS[k]} {d.mean():+.1f} +- {d.std():.1f} (higher in {int((d > 0).sum())} of {len(d)} seeds)")
+    if not parts:
+        return ""
+    return ("Against its own starting set (each seed's random selection), mean +- std over seeds of the "
+            "difference: " + "; ".join(parts) + ".")
 
 
 def plot(rows: dict, summary: dict, path: Path) -> None:

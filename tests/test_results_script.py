@@ -58,6 +58,17 @@ def test_ordering_text_compares_with_the_paper():
     assert "Above random selection: PBC, Av-PBC." in results.ordering_text(s)
 
 
+def test_paired_text_compares_each_seed_with_its_own_start():
+    s = dict(random=dict(mean=10.0, seeds=[0, 1, 2], per_seed=[5.0, 20.0, 5.0]),
+             dbc=dict(mean=11.0, seeds=[0, 1, 2], per_seed=[7.0, 19.0, 7.0]),
+             pbc=dict(mean=12.0, seeds=[0, 1], per_seed=[6.0, 18.0]))
+    text = results.paired_text(s)
+    assert "DBC +1.0 +- 1.4 (higher in 2 of 3 seeds)" in text
+    assert "PBC -0.5 +- 1.5 (higher in 1 of 2 seeds)" in text and "Av-PBC" not in text
+    assert text in results.ordering_text(s)
+    assert results.paired_text(dict(random=s["random"], dbc=dict(mean=1.0, seeds=[0], per_seed=[1.0]))) == ""
+
+
 def test_a_run_is_driven_by_one_scheduler_at_a_time(tmp_path):
     first = results.take_lock(tmp_path / "x.lock")
     assert first is not None
