@@ -14,12 +14,12 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
+    import torch
+
     threads = config.getoption("--threads", default=None)
     if threads:
-        import torch
-
         torch.set_num_threads(threads)
-    SUMMARY["threads"] = __import__("torch").get_num_threads()
+    SUMMARY["threads"] = torch.get_num_threads()
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
