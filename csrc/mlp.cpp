@@ -151,7 +151,7 @@ void loss_grad(const Mlp& mlp, const Gemm& mm, const at::Tensor& theta, const Lo
   }
   // Head: dloss/dz_out and the per-element terms of the loss and of dloss/d(m, o).
   head_grad(head_inputs(mlp, theta, batch, rec.z_out), rec.grad[L - 1], ws.partials, d_target, sq);
-  if (mlp.gaussian) {
+  if (mlp.gaussian && grad.defined()) {
     at::Tensor g_scalars = mlp.scalars(grad);
     at::sum_out(g_scalars, ws.partials.narrow(0, 1, 2), {1});
   }
@@ -159,9 +159,11 @@ void loss_grad(const Mlp& mlp, const Gemm& mm, const at::Tensor& theta, const Lo
   for (int64_t l = L - 1; l >= 0; --l) {
     const at::Tensor& p = rec.grad[l];
     const at::Tensor p_op = mm.operand(p);
-    mm(mlp.weight(grad, l), p_op.t(), inputs[l], false);
-    at::Tensor g_bias = mlp.bias(grad, l);
-    at::sum_out(g_bias, p, {0});
+    if (grad.defined()) {
+      mm(mlp.weight(grad, l), p_op.t(), inputs[l], false);
+      at::Tensor g_bias = mlp.bias(grad, l);
+      at::sum_out(g_bias, p, {0});
+    }
     if (l > 0) {
       at::Tensor p_prev = rec.grad[l - 1];
       mm(p_prev, p_op, mlp.weight(th, l), false);

@@ -70,9 +70,10 @@ struct Workspace {
   Workspace(const Mlp& mlp, int64_t n, const at::TensorOptions& opts);
 };
 
-// Forward and backward of the weighted BC loss at theta; fills rec and grad (num_params) and
-// leaves the per-element loss terms in ws.partials[0]. Optional outputs: d_obs, d_target, sq
-// (scale * diff^2 per element, for the weight gradient).
+// Forward and backward of the weighted BC loss at theta; fills rec and grad (num_params; may be
+// undefined when only the record is wanted) and leaves the per-element loss terms in
+// ws.partials[0]. Optional outputs: d_obs, d_target, sq (scale * diff^2 per element, for the
+// weight gradient).
 void loss_grad(const Mlp& mlp, const Gemm& mm, const at::Tensor& theta, const LossBatch& batch, const StepRecord& rec,
                const at::Tensor& grad, Workspace& ws, const at::Tensor& d_obs = {}, const at::Tensor& d_target = {},
                const at::Tensor& sq = {});

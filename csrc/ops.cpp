@@ -139,7 +139,7 @@ std::vector<at::Tensor> op_meta_gradient(const at::Tensor& theta0, const at::Ten
   std::optional<TapeLease> lease;
   if (theta0.is_cpu() && cfg.keep_all()) lease.emplace(tape_numel(mlp, cfg, syn_obs.size(0)), theta0.options());
   const UnrollTape tape = unroll_forward(mlp, cfg, theta0.contiguous(), syn_obs, syn_act, noise,
-                                         lease ? lease->buffer() : at::Tensor());
+                                         lease ? lease->buffer() : at::Tensor(), /*keep_last_segment=*/true);
   // Outer loss and v = dH/dtheta_T.
   const auto opts = theta0.options();
   const int64_t b = obs.size(0);

@@ -9,17 +9,20 @@ LossBatch inner_batch(const at::Tensor& syn_obs, const at::Tensor& syn_act, cons
 }
 
 // Inner steps t0 .. t1-1. thetas[0] holds theta_{t0} on entry; thetas[k] receives theta_{t0+k}.
-// records holds one slot per step, or a single slot reused by every step.
+// records holds one slot per step, or a single slot reused by every step. Without last_update
+// the last step only fills its record (a recomputed segment's end is the next checkpoint).
 void run_segment(const Mlp& mlp, const Gemm& mm, const InnerConfig& cfg, const at::Tensor& syn_obs,
                  const at::Tensor& syn_act, const at::Tensor& noise, int64_t t0, int64_t t1, const at::Tensor& thetas,
-                 const at::Tensor& records, const at::Tensor& buf, const at::Tensor& grad, Workspace& ws) {
+                 const at::Tensor& records, const at::Tensor& buf, const at::Tensor& grad, Workspace& ws,
+                 bool last_update = true) {
   const int64_t n = syn_obs.size(0);
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t k = t - t0;
     const StepRecord rec = record_views(mlp, records.select(0, records.size(0) == 1 ? 0 : k), n);
     const at::Tensor theta = thetas.select(0, k);
-    loss_grad(mlp, mm, theta, inner_batch(syn_obs, syn_act, noise, t), rec, grad, ws);
-    sgd_step(theta, grad, buf, thetas.select(0, k + 1), cfg.lr, cfg.momentum, cfg.weight_decay);
+    const bool update = last_update || t + 1 < t1;
+    loss_grad(mlp, mm, theta, inner_batch(syn_obs, syn_act, noise, t), rec, update ? grad : at::Tensor(), ws);
+    if (update) sgd_step(theta, grad, buf, thetas.select(0, k + 1), cfg.lr, cfg.momentum, cfg.weight_decay);
   }
 }
 
@@ -62,7 +65,8 @@ int64_t tape_numel(const Mlp& mlp, const InnerConfig& cfg, int64_t n) {
 }
 
 UnrollTape unroll_forward(const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& theta0, const at::Tensor& syn_obs,
-                          const at::Tensor& syn_act, const at::Tensor& noise, const at::Tensor& storage) {
+                          const at::Tensor& syn_act, const at::Tensor& noise, const at::Tensor& storage,
+                          bool keep_last_segment) {
   const auto opts = theta0.options();
   const int64_t P = mlp.num_params, n = syn_obs.size(0), R = mlp.record_size(n), T = cfg.steps;
   const Gemm mm{cfg.precision};
@@ -89,16 +93,26 @@ UnrollTape unroll_forward(const Mlp& mlp, const InnerConfig& cfg, const at::Tens
   tape.ck_thetas = at::empty({C, P}, opts);
   if (buf.defined()) tape.ck_bufs = at::empty({C, P}, opts);
   at::Tensor seg_thetas = at::empty({k + 1, P}, opts);
-  at::Tensor scratch_record = at::empty({1, R}, opts);
+  // One record slot reused by every step, or the last segment's k slots when they are kept.
+  at::Tensor seg_records = at::empty({keep_last_segment ? k : 1, R}, opts);
   seg_thetas.select(0, 0).copy_(theta0);
   for (int64_t c = 0; c < C; ++c) {
     const int64_t t0 = c * k, t1 = std::min(T, t0 + k);
+    const bool last = c == C - 1;
     tape.ck_thetas.select(0, c).copy_(seg_thetas.select(0, 0));
     if (buf.defined()) tape.ck_bufs.select(0, c).copy_(buf);
-    run_segment(mlp, mm, cfg, syn_obs, syn_act, noise, t0, t1, seg_thetas, scratch_record, buf, grad, ws);
-    seg_thetas.select(0, 0).copy_(seg_thetas.select(0, t1 - t0));
+    const at::Tensor records = last && keep_last_segment ? seg_records : seg_records.narrow(0, 0, 1);
+    run_segment(mlp, mm, cfg, syn_obs, syn_act, noise, t0, t1, seg_thetas, records, buf, grad, ws);
+    if (!last) seg_thetas.select(0, 0).copy_(seg_thetas.select(0, t1 - t0));
   }
-  tape.theta_T = seg_thetas.select(0, 0).clone();
+  const at::Tensor theta_T = seg_thetas.select(0, T - (C - 1) * k);
+  if (keep_last_segment) {
+    tape.seg_thetas = seg_thetas;
+    tape.seg_records = seg_records;
+    tape.theta_T = theta_T;
+  } else {
+    tape.theta_T = theta_T.clone();
+  }
   return tape;
 }
 
@@ -120,17 +134,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> unroll_backward(const Mlp& mlp, c
     reverse_segment(mlp, mm, cfg, syn_obs, syn_act, noise, 0, T, tape.thetas, tape.records, adj, ws);
     return {adj.theta, adj.d_obs, adj.d_act};
   }
-  // Checkpointed: recompute each segment's forward from its checkpoint, then reverse it.
-  const int64_t k = cfg.checkpoint_every;
-  at::Tensor seg_thetas = at::empty({k + 1, P}, opts);
-  at::Tensor seg_records = at::empty({k, mlp.record_size(n)}, opts);
+  // Checkpointed: recompute each segment's forward from its checkpoint (unless the forward phase
+  // kept it), then reverse it.
+  const int64_t k = cfg.checkpoint_every, C = cfg.checkpoints();
+  const bool have_last = tape.seg_records.defined();
+  at::Tensor seg_thetas = have_last ? tape.seg_thetas : at::empty({k + 1, P}, opts);
+  at::Tensor seg_records = have_last ? tape.seg_records : at::empty({k, mlp.record_size(n)}, opts);
   at::Tensor grad = at::empty({P}, opts);
   at::Tensor buf = tape.ck_bufs.defined() ? at::empty({P}, opts) : at::Tensor();
-  for (int64_t c = cfg.checkpoints() - 1; c >= 0; --c) {
+  for (int64_t c = C - 1; c >= 0; --c) {
     const int64_t t0 = c * k, t1 = std::min(T, t0 + k);
-    seg_thetas.select(0, 0).copy_(tape.ck_thetas.select(0, c));
-    if (buf.defined()) buf.copy_(tape.ck_bufs.select(0, c));
-    run_segment(mlp, mm, cfg, syn_obs, syn_act, noise, t0, t1, seg_thetas, seg_records, buf, grad, ws);
+    if (!(have_last && c == C - 1)) {
+      seg_thetas.select(0, 0).copy_(tape.ck_thetas.select(0, c));
+      if (buf.defined()) buf.copy_(tape.ck_bufs.select(0, c));
+      run_segment(mlp, mm, cfg, syn_obs, syn_act, noise, t0, t1, seg_thetas, seg_records, buf, grad, ws,
+                  /*last_update=*/false);
+    }
     reverse_segment(mlp, mm, cfg, syn_obs, syn_act, noise, t0, t1, seg_thetas, seg_records, adj, ws);
   }
   return {adj.theta, adj.d_obs, adj.d_act};

@@ -24,14 +24,23 @@ struct UnrollTape {
   at::Tensor records;    // keep_all: (T, record_size)
   at::Tensor ck_thetas;  // checkpointed: (C, P), theta at steps 0, k, 2k, ...
   at::Tensor ck_bufs;    // checkpointed with momentum: (C, P), momentum buffer before those steps
+  // Checkpointed with keep_last_segment: the last segment as the forward phase left it, (k + 1, P)
+  // thetas from its first step and (k, record_size) records. The reverse pass starts on them
+  // without recomputing, then reuses both buffers for the other segments.
+  at::Tensor seg_thetas, seg_records;
 };
 
 // Elements of the keep-all tape (thetas and records).
 int64_t tape_numel(const Mlp& mlp, const InnerConfig& cfg, int64_t n);
 
 // storage: optional 1-D buffer of tape_numel elements for a keep-all tape (else it is allocated).
+// keep_last_segment (checkpointed only): keep the last segment's records for the reverse pass.
+// That costs no peak memory where the reverse pass follows in the same call (it needs a
+// segment's buffers anyway), but holds them between the phases: meta_gradient uses it, the
+// autograd op does not.
 UnrollTape unroll_forward(const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& theta0, const at::Tensor& syn_obs,
-                          const at::Tensor& syn_act, const at::Tensor& noise, const at::Tensor& storage = {});
+                          const at::Tensor& syn_act, const at::Tensor& noise, const at::Tensor& storage = {},
+                          bool keep_last_segment = false);
 
 // (d theta_0, d syn_obs, d syn_act) of <grad_theta_T, theta_T>.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> unroll_backward(const Mlp& mlp, const InnerConfig& cfg,

@@ -146,7 +146,8 @@ def smallest_footprint(spec: PolicySpec, n_syn: int, steps: int, momentum: float
     """(checkpoint_every, bytes) with the smallest peak. With k steps per segment the tape holds
     ceil(T/k) checkpoints of p floats (theta, and the momentum buffer) and the recomputed segment
     k*r (+ one theta), r = theta + one step's record: the best k is near sqrt(T*p/r), sqrt(T)-style
-    segments. Every k recomputes each inner step's forward once, so all cost the same time."""
+    segments. Every k recomputes each inner step's forward once (meta_gradient: all but the last
+    segment's), so all cost about the same time."""
     T = int(steps)
     p = spec.num_params * (2 if momentum else 1)
     r = spec.num_params + n_syn * (2 * sum(spec.hidden) + 2 * spec.out_dim)
