@@ -67,7 +67,8 @@ def stored_mb(spec, steps, variant):
     if variant == "create_graph":
         return float("nan")
     ck = 10 if variant == "fused_ck10" else None
-    return stored_state_bytes(spec, 256, steps, ck) / 2 ** 20
+    precision = "bf16" if variant == "fused_bf16" else "native"
+    return stored_state_bytes(spec, 256, steps, ck, precision=precision) / 2 ** 20
 
 
 # VmHWM (peak RSS of this process image) rather than ru_maxrss, which Linux carries over from the

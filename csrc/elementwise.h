@@ -49,6 +49,10 @@ void adjoint_step(const at::Tensor&, const at::Tensor&, const at::Tensor&, doubl
 // where r (n, m, contiguous) has out's dtype or is bf16 and bias (m,) may be undefined; relu
 // clamps at 0. Replaces ATen's bias broadcast copy, dtype conversion and add with one pass.
 void store_product(const at::Tensor& out, const at::Tensor& r, const at::Tensor& bias, bool accumulate, bool relu);
+// The ReLU's backward in place: x (contiguous) <- 0 where act <= 0 (as torch's
+// threshold_backward; a NaN act keeps x). act has x's shape and dtype, or is bf16 (a compact
+// record), which ATen would first convert to a float32 copy.
+void relu_mask(const at::Tensor& x, const at::Tensor& act);
 }  // namespace cpu
 
 #ifdef OBD_FAST_WITH_CUDA

@@ -64,6 +64,13 @@ void Gemm::with_bias(const at::Tensor& out, const at::Tensor& bias, const at::Te
   }
 }
 
+// x <- 0 where act <= 0: the ReLU's backward (and its tangent) with the mask of a kept activation.
+static void relu_mask(const at::Tensor& x, const at::Tensor& act) {
+  if (x.is_cpu() && x.is_contiguous() && act.is_contiguous()) return cpu::relu_mask(x, act);
+  at::Tensor out = x;
+  at::threshold_backward_out(out, x, act, 0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Mlp
 
@@ -93,22 +100,30 @@ at::Tensor Mlp::scalars(const at::Tensor& flat) const {
   return gaussian ? flat.narrow(0, head_offset, 2) : at::Tensor();
 }
 
-int64_t Mlp::record_size(int64_t n) const {
-  // hidden activations + dloss/dz of every layer (hidden and out) + z_out
-  return n * (hidden_total() + hidden_total() + widths.back() + widths.back());
+// Elements of the activations and dloss/dz part of a record (hidden, hidden and out widths).
+static int64_t act_grad_numel(const Mlp& mlp, int64_t n) { return n * (2 * mlp.hidden_total() + mlp.widths.back()); }
+
+int64_t Mlp::record_size(int64_t n, bool compact) const {
+  const int64_t z_out = n * widths.back();
+  return (compact ? (act_grad_numel(*this, n) + 1) / 2 : act_grad_numel(*this, n)) + z_out;
 }
 
-StepRecord record_views(const Mlp& mlp, const at::Tensor& slot, int64_t n) {
+StepRecord record_views(const Mlp& mlp, const at::Tensor& slot, int64_t n, bool compact) {
   StepRecord rec;
+  rec.compact = compact;
+  const int64_t packed = compact ? (act_grad_numel(mlp, n) + 1) / 2 : act_grad_numel(mlp, n);
+  // bf16 views of the slot's first floats, two per float (view(dtype) reinterprets the bytes).
+  const at::Tensor act_grad = compact ? slot.narrow(0, 0, packed).view(at::kBFloat16) : slot;
   int64_t offset = 0;
   auto take = [&](int64_t width) {
-    at::Tensor v = slot.narrow(0, offset, n * width).view({n, width});
+    at::Tensor v = act_grad.narrow(0, offset, n * width).view({n, width});
     offset += n * width;
     return v;
   };
   for (int64_t l = 1; l < mlp.layers(); ++l) rec.act.push_back(take(mlp.widths[l]));
   for (int64_t l = 1; l <= mlp.layers(); ++l) rec.grad.push_back(take(mlp.widths[l]));
-  rec.z_out = take(mlp.widths.back());
+  const int64_t out = mlp.widths.back();
+  rec.z_out = slot.narrow(0, packed, n * out).view({n, out});
   return rec;
 }
 
@@ -141,33 +156,40 @@ void loss_grad(const Mlp& mlp, const Gemm& mm, const at::Tensor& theta, const Lo
                const at::Tensor& sq) {
   const int64_t L = mlp.layers();
   const at::Tensor th = mm.operand(theta);
+  // The float32 activations and dloss/dz of this pass: the record's own, or (compact record)
+  // workspace buffers whose bf16 copies go to the record, where they serve as the operands.
+  auto act = [&](int64_t l) { return rec.compact ? ws.tangent[l] : rec.act[l]; };
+  auto dz = [&](int64_t l) { return rec.compact ? ws.q[l] : rec.grad[l]; };
+  auto operand_kept = [&](const at::Tensor& value, const at::Tensor& kept) {
+    return rec.compact ? kept.copy_(value) : mm.operand(value);
+  };
   std::vector<at::Tensor> inputs(L);  // operand form of each layer's input
   inputs[0] = mm.operand(batch.obs);
   // Forward, keeping post-ReLU activations (their sign is the ReLU mask).
   for (int64_t l = 0; l < L; ++l) {
-    at::Tensor out = l == L - 1 ? rec.z_out : rec.act[l];
+    at::Tensor out = l == L - 1 ? rec.z_out : act(l);
     mm.with_bias(out, mlp.bias(theta, l), inputs[l], mlp.weight(th, l).t(), /*relu=*/l < L - 1);
-    if (l < L - 1) inputs[l + 1] = mm.operand(out);
+    if (l < L - 1) inputs[l + 1] = operand_kept(out, rec.act[l]);
   }
   // Head: dloss/dz_out and the per-element terms of the loss and of dloss/d(m, o).
-  head_grad(head_inputs(mlp, theta, batch, rec.z_out), rec.grad[L - 1], ws.partials, d_target, sq);
+  head_grad(head_inputs(mlp, theta, batch, rec.z_out), dz(L - 1), ws.partials, d_target, sq);
   if (mlp.gaussian && grad.defined()) {
     at::Tensor g_scalars = mlp.scalars(grad);
     at::sum_out(g_scalars, ws.partials.narrow(0, 1, 2), {1});
   }
   // Backward: P_{l-1} = mask_{l-1} * (P_l W_l); weight gradients P_l^T A_{l-1}.
   for (int64_t l = L - 1; l >= 0; --l) {
-    const at::Tensor& p = rec.grad[l];
-    const at::Tensor p_op = mm.operand(p);
+    const at::Tensor p = dz(l);
+    const at::Tensor p_op = operand_kept(p, rec.grad[l]);
     if (grad.defined()) {
       mm(mlp.weight(grad, l), p_op.t(), inputs[l], false);
       at::Tensor g_bias = mlp.bias(grad, l);
       at::sum_out(g_bias, p, {0});
     }
     if (l > 0) {
-      at::Tensor p_prev = rec.grad[l - 1];
+      at::Tensor p_prev = dz(l - 1);
       mm(p_prev, p_op, mlp.weight(th, l), false);
-      at::threshold_backward_out(p_prev, p_prev, rec.act[l - 1], 0);
+      relu_mask(p_prev, act(l - 1));
     } else if (d_obs.defined()) {
       mm(d_obs, p_op, mlp.weight(th, 0), false);
     }
@@ -191,7 +213,7 @@ void hessian_vector(const Mlp& mlp, const Gemm& mm, const at::Tensor& theta, con
     mm.with_bias(zdot, mlp.bias(u, l), inputs[l], mlp.weight(uo, l).t());
     if (l > 0) mm(zdot, tangents[l - 1], mlp.weight(th, l).t(), true);
     if (l < L - 1) {
-      at::threshold_backward_out(zdot, zdot, rec.act[l], 0);  // now Adot_l
+      relu_mask(zdot, rec.act[l]);  // now Adot_l (a bf16 act has the same sign)
       tangents[l] = mm.operand(zdot);
     }
   }
@@ -217,7 +239,7 @@ void hessian_vector(const Mlp& mlp, const Gemm& mm, const at::Tensor& theta, con
       at::Tensor q_prev = ws.q[l - 1];
       mm(q_prev, q_op, mlp.weight(th, l), false);
       mm(q_prev, p_op, mlp.weight(uo, l), true);
-      at::threshold_backward_out(q_prev, q_prev, rec.act[l - 1], 0);
+      relu_mask(q_prev, rec.act[l - 1]);
     } else if (d_obs.defined()) {
       mm(d_obs, q_op, mlp.weight(th, 0), true);
       mm(d_obs, p_op, mlp.weight(uo, 0), true);

@@ -43,16 +43,20 @@ struct Mlp {
   at::Tensor bias(const at::Tensor& flat, int64_t l) const;
   at::Tensor scalars(const at::Tensor& flat) const;  // {multiplier, offset} view, undefined for tanh
   // Floats stored per inner step for n rows: hidden activations, every layer's dloss/dz, z_out.
-  int64_t record_size(int64_t n) const;
+  // compact: the activations and dloss/dz as bf16 (two per float), z_out as float.
+  int64_t record_size(int64_t n, bool compact = false) const;
 };
 
-// Views into one step's slot of the tape.
+// Views into one step's slot of the tape. A compact record (bf16 products on the CPU) keeps act
+// and grad in bf16: exactly the operands the products read, at half the memory traffic; the
+// passes keep their float32 values in the workspace while they need them.
 struct StepRecord {
   std::vector<at::Tensor> act;   // A_l, l = 1 .. L-1, (n, hidden_l) post-ReLU
   std::vector<at::Tensor> grad;  // P_l, l = 1 .. L, (n, width_l) dloss/dz_l
-  at::Tensor z_out;              // (n, out) last layer's output
+  at::Tensor z_out;              // (n, out) last layer's output, always in the tape's dtype
+  bool compact = false;
 };
-StepRecord record_views(const Mlp& mlp, const at::Tensor& slot, int64_t n);
+StepRecord record_views(const Mlp& mlp, const at::Tensor& slot, int64_t n, bool compact = false);
 
 // The per-row data of one loss evaluation.
 struct LossBatch {

@@ -28,8 +28,9 @@ Mlp make_mlp(at::IntArrayRef widths, bool gaussian, double max_action) {
   return Mlp(std::vector<int64_t>(widths.begin(), widths.end()), gaussian, max_action);
 }
 
+// like: a tensor of the unroll (its device and dtype decide the record layout).
 InnerConfig make_config(int64_t steps, double lr, double momentum, double weight_decay, int64_t checkpoint_every,
-                        int64_t precision) {
+                        int64_t precision, const at::Tensor& like) {
   TORCH_CHECK(steps >= 1, "obd_fast: steps must be >= 1, got ", steps);
   TORCH_CHECK(checkpoint_every >= 0, "obd_fast: checkpoint_every must be >= 0, got ", checkpoint_every);
   TORCH_CHECK(precision == 0 || precision == 1, "obd_fast: precision must be 0 (native) or 1 (bf16)");
@@ -40,6 +41,8 @@ InnerConfig make_config(int64_t steps, double lr, double momentum, double weight
   cfg.weight_decay = weight_decay;
   cfg.checkpoint_every = checkpoint_every == 0 ? 0 : std::min(checkpoint_every, steps);
   cfg.precision = static_cast<Precision>(precision);
+  // CPU only: the CUDA passes keep float32 records (not yet measured or tested with bf16 ones).
+  cfg.compact_records = cfg.precision == Precision::kBF16 && like.is_cpu() && like.scalar_type() == at::kFloat;
   return cfg;
 }
 
@@ -73,7 +76,7 @@ std::vector<at::Tensor> op_unroll_forward(const at::Tensor& theta0, const at::Te
                                           double weight_decay, int64_t checkpoint_every, int64_t precision) {
   const Mlp mlp = make_mlp(widths, gaussian, max_action);
   check_inputs(mlp, theta0, syn_obs, syn_act);
-  const InnerConfig cfg = make_config(steps, lr, momentum, weight_decay, checkpoint_every, precision);
+  const InnerConfig cfg = make_config(steps, lr, momentum, weight_decay, checkpoint_every, precision, theta0);
   std::vector<at::Tensor> out = tape_to_list(unroll_forward(mlp, cfg, theta0.contiguous(), syn_obs.contiguous(),
                                                             syn_act.contiguous(), optional_contig(noise)));
   for (auto& t : out)
@@ -88,7 +91,7 @@ std::vector<at::Tensor> op_unroll_backward(const std::vector<at::Tensor>& tape, 
                                            int64_t precision, const at::Tensor& grad_theta_T) {
   const Mlp mlp = make_mlp(widths, gaussian, max_action);
   check_inputs(mlp, grad_theta_T, syn_obs, syn_act);
-  const InnerConfig cfg = make_config(steps, lr, momentum, weight_decay, checkpoint_every, precision);
+  const InnerConfig cfg = make_config(steps, lr, momentum, weight_decay, checkpoint_every, precision, grad_theta_T);
   auto [d_theta0, d_obs, d_act] = unroll_backward(mlp, cfg, tape_from_list(tape), syn_obs.contiguous(),
                                                   syn_act.contiguous(), optional_contig(noise),
                                                   grad_theta_T.contiguous());
@@ -132,7 +135,7 @@ std::vector<at::Tensor> op_meta_gradient(const at::Tensor& theta0, const at::Ten
   const Mlp mlp = make_mlp(widths, gaussian, max_action);
   check_inputs(mlp, theta0, syn_obs_in, syn_act_in);
   check_inputs(mlp, theta0, obs, target);
-  const InnerConfig cfg = make_config(steps, lr, momentum, weight_decay, checkpoint_every, precision);
+  const InnerConfig cfg = make_config(steps, lr, momentum, weight_decay, checkpoint_every, precision, theta0);
   const at::Tensor syn_obs = syn_obs_in.contiguous(), syn_act = syn_act_in.contiguous();
   const at::Tensor noise = optional_contig(inner_noise);
   // The tape dies with this call, so on CPU it can live in pooled memory (tape_pool.h).

@@ -18,7 +18,7 @@ void run_segment(const Mlp& mlp, const Gemm& mm, const InnerConfig& cfg, const a
   const int64_t n = syn_obs.size(0);
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t k = t - t0;
-    const StepRecord rec = record_views(mlp, records.select(0, records.size(0) == 1 ? 0 : k), n);
+    const StepRecord rec = record_views(mlp, records.select(0, records.size(0) == 1 ? 0 : k), n, cfg.compact_records);
     const at::Tensor theta = thetas.select(0, k);
     const bool update = last_update || t + 1 < t1;
     loss_grad(mlp, mm, theta, inner_batch(syn_obs, syn_act, noise, t), rec, update ? grad : at::Tensor(), ws);
@@ -42,7 +42,7 @@ void reverse_segment(const Mlp& mlp, const Gemm& mm, const InnerConfig& cfg, con
   const int64_t n = syn_obs.size(0);
   for (int64_t t = t1 - 1; t >= t0; --t) {
     const int64_t k = t - t0;
-    const StepRecord rec = record_views(mlp, records.select(0, k), n);
+    const StepRecord rec = record_views(mlp, records.select(0, k), n, cfg.compact_records);
     hessian_vector(mlp, mm, thetas.select(0, k), adj.u, inner_batch(syn_obs, syn_act, noise, t), rec, adj.hu,
                    adj.d_obs, adj.d_act, ws);
     // a_t = a_{t+1} + (H_t + weight_decay) u_t, then u_{t-1} = momentum * u_t - lr * a_t.
@@ -61,14 +61,15 @@ int64_t thetas_span(const Mlp& mlp, const InnerConfig& cfg) {
 }  // namespace
 
 int64_t tape_numel(const Mlp& mlp, const InnerConfig& cfg, int64_t n) {
-  return thetas_span(mlp, cfg) + cfg.steps * mlp.record_size(n);
+  return thetas_span(mlp, cfg) + cfg.steps * mlp.record_size(n, cfg.compact_records);
 }
 
 UnrollTape unroll_forward(const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& theta0, const at::Tensor& syn_obs,
                           const at::Tensor& syn_act, const at::Tensor& noise, const at::Tensor& storage,
                           bool keep_last_segment) {
   const auto opts = theta0.options();
-  const int64_t P = mlp.num_params, n = syn_obs.size(0), R = mlp.record_size(n), T = cfg.steps;
+  const int64_t P = mlp.num_params, n = syn_obs.size(0), R = mlp.record_size(n, cfg.compact_records),
+                T = cfg.steps;
   const Gemm mm{cfg.precision};
   Workspace ws(mlp, n, opts);
   at::Tensor grad = at::empty({P}, opts);
@@ -139,7 +140,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> unroll_backward(const Mlp& mlp, c
   const int64_t k = cfg.checkpoint_every, C = cfg.checkpoints();
   const bool have_last = tape.seg_records.defined();
   at::Tensor seg_thetas = have_last ? tape.seg_thetas : at::empty({k + 1, P}, opts);
-  at::Tensor seg_records = have_last ? tape.seg_records : at::empty({k, mlp.record_size(n)}, opts);
+  at::Tensor seg_records = have_last ? tape.seg_records : at::empty({k, mlp.record_size(n, cfg.compact_records)}, opts);
   at::Tensor grad = at::empty({P}, opts);
   at::Tensor buf = tape.ck_bufs.defined() ? at::empty({P}, opts) : at::Tensor();
   for (int64_t c = C - 1; c >= 0; --c) {

@@ -13,6 +13,7 @@ struct InnerConfig {
   double lr = 0.1, momentum = 0.0, weight_decay = 0.0;
   int64_t checkpoint_every = 0;  // 0: keep every step's activations; k: keep theta every k steps
   Precision precision = Precision::kNative;
+  bool compact_records = false;  // records of bf16 operands (StepRecord::compact): bf16 on the CPU
   bool keep_all() const { return checkpoint_every == 0; }
   int64_t checkpoints() const { return (steps + checkpoint_every - 1) / checkpoint_every; }
 };

@@ -139,15 +139,19 @@ def policy_forward(theta, obs, spec, noise=None):
 
 
 def stored_state_bytes(spec: PolicySpec, n_syn: int, steps: int, checkpoint_every: Optional[int] = None,
-                       momentum: float = 0.0, dtype: torch.dtype = torch.float32) -> int:
+                       momentum: float = 0.0, dtype: torch.dtype = torch.float32, precision: str = "native",
+                       device="cpu") -> int:
     """Bytes the fused unroll keeps for its reverse pass at its peak (csrc/unroll.cpp).
 
     Default: theta_0..theta_T and every step's record (hidden activations, each layer's
     dloss/dz, the last layer's output). With ``checkpoint_every=k``: theta (and the momentum
     buffer) every k steps, plus the one segment of k steps the reverse pass recomputes.
+    ``precision="bf16"`` in float32 on the CPU keeps the activations and dloss/dz of each record
+    in bf16 (the operands its products read), about half the records' bytes.
     """
     params = spec.num_params
-    record = n_syn * (2 * sum(spec.hidden) + 2 * spec.out_dim)
+    record = record_floats(spec, n_syn, compact=precision == "bf16" and dtype == torch.float32
+                           and torch.device(device).type == "cpu")
     if checkpoint_every is None:
         floats = (steps + 1) * params + steps * record
     else:
@@ -155,3 +159,9 @@ def stored_state_bytes(spec: PolicySpec, n_syn: int, steps: int, checkpoint_ever
         checkpoints = -(-steps // k)
         floats = checkpoints * params * (2 if momentum else 1) + (k + 1) * params + k * record
     return floats * torch.empty(0, dtype=dtype).element_size()
+
+
+def record_floats(spec: PolicySpec, n_syn: int, compact: bool = False) -> int:
+    """Elements (of the tape's dtype) of one inner step's record: Mlp::record_size in csrc/mlp.cpp."""
+    act_grad = n_syn * (2 * sum(spec.hidden) + spec.out_dim)
+    return (act_grad + 1) // 2 + n_syn * spec.out_dim if compact else act_grad + n_syn * spec.out_dim

@@ -131,7 +131,9 @@ def resolve_budget(memory_budget, device) -> Tuple[Optional[float], str]:
 def fused_bytes(spec: PolicySpec, n_syn: int, steps: int, checkpoint_every: Optional[int] = None,
                 momentum: float = 0.0, dtype: torch.dtype = torch.float32, n_outer: int = 0) -> int:
     """Peak bytes of a fused unroll (and its reverse): the stored state plus the per-step
-    workspaces of the inner batch (and of the outer batch of a ``meta_gradient``)."""
+    workspaces of the inner batch (and of the outer batch of a ``meta_gradient``). Records are
+    counted at the tensors' dtype also for ``precision="bf16"``, whose CPU records are about half
+    that (``fused.stored_state_bytes``): the guard errs on the safe side there."""
     from .fused import stored_state_bytes
 
     size = torch.empty(0, dtype=dtype).element_size()

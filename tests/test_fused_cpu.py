@@ -89,6 +89,11 @@ def test_fused_checkpointing_is_exact_and_bitwise(ck, momentum, head):
     full32 = meta(c32, backend="fused", **hyper)
     ckpt32 = meta(c32, backend="fused", checkpoint_every=ck, **hyper)
     assert all(torch.equal(a, b) for a, b in zip(ckpt32, full32))
+    # bf16 (records of bf16 operands on the CPU): the recomputed segments too
+    full_bf = meta(c32, backend="fused", precision="bf16", **hyper)
+    ckpt_bf = meta(c32, backend="fused", precision="bf16", checkpoint_every=ck, **hyper)
+    assert all(torch.equal(a, b) for a, b in zip(ckpt_bf, full_bf))
+    assert not all(torch.equal(a, b) for a, b in zip(full_bf, full32))
 
 
 def test_fused_checkpointing_saves_memory():
@@ -254,22 +259,27 @@ def test_fused_bf16_cosine():
     assert all(x.dtype == torch.float32 for x in bf)
 
 
-@pytest.mark.parametrize("checkpoint_every,momentum", [(None, 0.0), (None, 0.9), (3, 0.0), (4, 0.9), (10, 0.0)])
-def test_stored_state_bytes_matches_the_tape(checkpoint_every, momentum):
+@pytest.mark.parametrize("checkpoint_every,momentum,precision", [
+    (None, 0.0, "native"), (None, 0.9, "native"), (3, 0.0, "native"), (4, 0.9, "native"), (10, 0.0, "native"),
+    (None, 0.0, "bf16"), (4, 0.9, "bf16")])
+def test_stored_state_bytes_matches_the_tape(checkpoint_every, momentum, precision):
     """The memory estimate (used by benchmarks and the memory guard) equals what the op keeps."""
-    from obd_fast.fused import InnerConfig, spec_args, stored_state_bytes
+    from obd_fast.fused import InnerConfig, record_floats, spec_args, stored_state_bytes
 
     spec = obd_fast.PolicySpec(5, 2, (13, 9))
-    steps, n = 10, 7
+    steps, n = 10, 7  # odd n * widths: a compact record ends in half a float
     theta0 = spec.init_params()
     s, a = torch.randn(n, 5), torch.rand(n, 2)
-    cfg = InnerConfig(steps, 0.1, momentum, 0.0, checkpoint_every)
+    cfg = InnerConfig(steps, 0.1, momentum, 0.0, checkpoint_every, precision)
     tape = torch.ops.obd_fast.unroll_forward(theta0, s, a, None, *spec_args(spec), *cfg.op_args())
     kept = sum(t.numel() * t.element_size() for t in tape[1:])  # tape[0] is theta_T itself
-    want = stored_state_bytes(spec, n, steps, checkpoint_every, momentum)
+    want = stored_state_bytes(spec, n, steps, checkpoint_every, momentum, precision=precision)
+    compact = precision == "bf16"
     if checkpoint_every is None:
         assert kept == want
+        assert tape[2].shape == (steps, record_floats(spec, n, compact))
     else:  # the reverse pass adds one recomputed segment of k steps
         k = checkpoint_every
-        record = n * (2 * sum(spec.hidden) + 2 * spec.out_dim)
-        assert kept + 4 * ((k + 1) * spec.num_params + k * record) == want
+        assert kept + 4 * ((k + 1) * spec.num_params + k * record_floats(spec, n, compact)) == want
+    if compact:  # bf16 activations and dloss/dz: (2 * 22 + 4) * 7 / 2 floats, then z_out's 4 * 7
+        assert record_floats(spec, n, True) == 168 + 28 < record_floats(spec, n) == 336 + 28

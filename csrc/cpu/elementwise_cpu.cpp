@@ -112,5 +112,30 @@ void store_product(const at::Tensor& out, const at::Tensor& r, const at::Tensor&
   });
 }
 
+namespace {
+template <typename T>
+inline bool relu_off(T a) {
+  return a <= T(0);  // false for NaN
+}
+inline bool relu_off(at::BFloat16 a) { return static_cast<float>(a) <= 0.f; }
+}  // namespace
+
+void relu_mask(const at::Tensor& x, const at::Tensor& act) {
+  TORCH_INTERNAL_ASSERT(x.is_contiguous() && act.is_contiguous() && x.numel() == act.numel());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "obd_fast_relu_mask_cpu", [&] {
+    scalar_t* v = x.data_ptr<scalar_t>();
+    auto mask = [&](auto* a) {
+      at::parallel_for(0, x.numel(), 16384, [&](int64_t begin, int64_t end) {
+        for (int64_t k = begin; k < end; ++k) v[k] = relu_off(a[k]) ? scalar_t(0) : v[k];
+      });
+    };
+    if (act.scalar_type() == at::kBFloat16) {
+      mask(act.data_ptr<at::BFloat16>());
+    } else {
+      mask(act.data_ptr<scalar_t>());
+    }
+  });
+}
+
 }  // namespace cpu
 }  // namespace obd_fast
