@@ -1,0 +1,35 @@
+"""benchmarks/cpu_paired.py on a tiny case: it runs every variant each round and writes its report."""
+import json
+import math
+
+import pytest
+import torch
+
+import obd_fast
+
+pytestmark = pytest.mark.skipif(not obd_fast.fused_available(), reason="obd_fast._C is not built")
+
+
+def test_cpu_paired_writes_a_report(tmp_path):
+    from benchmarks import cpu_paired
+
+    threads = torch.get_num_threads()
+    try:
+        cpu_paired.main(["--rounds", "2", "--cases", "hopper:3", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    data = json.loads((tmp_path / "cpu_paired.json").read_text())
+    (case,) = data["cases"]
+    assert case["env"] == "hopper" and case["steps"] == 3
+    assert all(len(v) == 2 and min(v) > 0 for v in case["seconds"].values())
+    assert set(case["seconds"]) == set(cpu_paired.VARIANTS)
+    for key in cpu_paired.TARGETS:
+        assert len(case["ratios"][key]) == 2 and all(math.isfinite(x) for x in case["ratios"][key])
+        assert math.isfinite(case["ratios_of_minima"][key])
+    # the ratio of minima is computed from the best rounds, not taken from one round
+    best = {k: min(v) for k, v in case["seconds"].items()}
+    assert case["ratios_of_minima"]["bf16_x_reference"] == pytest.approx(best["reference"] / best["fused_bf16"])
+    table = (tmp_path / "cpu_paired.md").read_text()
+    assert table.count("| hopper T=3 |") == 1
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "cpu_paired.png").stat().st_size > 0
