@@ -259,6 +259,22 @@ def test_fused_bf16_cosine():
     assert all(x.dtype == torch.float32 for x in bf)
 
 
+@pytest.mark.parametrize("ck", [None, 4])
+def test_fused_bf16_unroll_backward_is_close_to_float64(ck):
+    # The autograd op in bf16 (its records keep bf16 operands on the CPU): all three gradients
+    # near the float64 reference, and checkpointing changes nothing.
+    case64 = make_case(dict(obs_dim=11, act_dim=3, hidden=(64, 48)), 40, 8, 10, torch.float64, seed=3)
+    case32 = to_dtype(case64, torch.float32)
+    v = torch.randn(case64["spec"].num_params, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    hyper = dict(lr=0.1, momentum=0.9, weight_decay=1e-4)
+    ref = _unroll_grads(case64, "reference", v, **hyper)
+    bf = _unroll_grads(case32, "fused", v.float(), precision="bf16", checkpoint_every=ck, **hyper)
+    for b, r in zip(bf, ref):
+        assert b.dtype == torch.float32 and cosine(b, r) >= 0.99
+    full = _unroll_grads(case32, "fused", v.float(), precision="bf16", **hyper)
+    assert all(torch.equal(a, b) for a, b in zip(bf, full))
+
+
 @pytest.mark.parametrize("checkpoint_every,momentum,precision", [
     (None, 0.0, "native"), (None, 0.9, "native"), (3, 0.0, "native"), (4, 0.9, "native"), (10, 0.0, "native"),
     (None, 0.0, "bf16"), (4, 0.9, "bf16")])
