@@ -100,18 +100,21 @@ at::Tensor Mlp::scalars(const at::Tensor& flat) const {
   return gaussian ? flat.narrow(0, head_offset, 2) : at::Tensor();
 }
 
-// Elements of the activations and dloss/dz part of a record (hidden, hidden and out widths).
-static int64_t act_grad_numel(const Mlp& mlp, int64_t n) { return n * (2 * mlp.hidden_total() + mlp.widths.back()); }
+// Floats of a record's activations and dloss/dz (hidden, hidden and out widths): two bf16 per
+// float when compact.
+static int64_t act_grad_floats(const Mlp& mlp, int64_t n, bool compact) {
+  const int64_t numel = n * (2 * mlp.hidden_total() + mlp.widths.back());
+  return compact ? (numel + 1) / 2 : numel;
+}
 
 int64_t Mlp::record_size(int64_t n, bool compact) const {
-  const int64_t z_out = n * widths.back();
-  return (compact ? (act_grad_numel(*this, n) + 1) / 2 : act_grad_numel(*this, n)) + z_out;
+  return act_grad_floats(*this, n, compact) + n * widths.back();  // + z_out, always float
 }
 
 StepRecord record_views(const Mlp& mlp, const at::Tensor& slot, int64_t n, bool compact) {
   StepRecord rec;
   rec.compact = compact;
-  const int64_t packed = compact ? (act_grad_numel(mlp, n) + 1) / 2 : act_grad_numel(mlp, n);
+  const int64_t packed = act_grad_floats(mlp, n, compact);
   // bf16 views of the slot's first floats, two per float (view(dtype) reinterprets the bytes).
   const at::Tensor act_grad = compact ? slot.narrow(0, 0, packed).view(at::kBFloat16) : slot;
   int64_t offset = 0;

@@ -134,10 +134,10 @@ def fused_bytes(spec: PolicySpec, n_syn: int, steps: int, checkpoint_every: Opti
     workspaces of the inner batch (and of the outer batch of a ``meta_gradient``). Records are
     counted at the tensors' dtype also for ``precision="bf16"``, whose CPU records are about half
     that (``fused.stored_state_bytes``): the guard errs on the safe side there."""
-    from .fused import stored_state_bytes
+    from .fused import record_floats, stored_state_bytes
 
     size = torch.empty(0, dtype=dtype).element_size()
-    record = 2 * sum(spec.hidden) + 2 * spec.out_dim  # floats per row of one step's record
+    record = record_floats(spec, 1)  # floats per row of one step's record
     workspace = 2 * (n_syn + n_outer) * record + 4 * spec.num_params
     return stored_state_bytes(spec, n_syn, steps, checkpoint_every, momentum, dtype) + workspace * size
 
@@ -150,9 +150,11 @@ def smallest_footprint(spec: PolicySpec, n_syn: int, steps: int, momentum: float
     k*r (+ one theta), r = theta + one step's record: the best k is near sqrt(T*p/r), sqrt(T)-style
     segments. Every k recomputes each inner step's forward once (meta_gradient: all but the last
     segment's), so all cost about the same time."""
+    from .fused import record_floats
+
     T = int(steps)
     p = spec.num_params * (2 if momentum else 1)
-    r = spec.num_params + n_syn * (2 * sum(spec.hidden) + 2 * spec.out_dim)
+    r = spec.num_params + record_floats(spec, n_syn)
 
     def floats(k: int) -> int:  # the part of stored_state_bytes that depends on k
         return -(-T // k) * p + k * r
