@@ -25,7 +25,7 @@ with tempfile.TemporaryDirectory() as stub:
     open(os.path.join(stub, "c10", "cuda", "impl", "cuda_cmake_macros.h"), "w").close()
     flags = ["-std=c++20", "-fsyntax-only", "-DOBD_FAST_WITH_CUDA", f"-I{stub}", f"-I{cuda_include}"]
     flags += [f"-I{p}" for p in cpp_extension.include_paths()]
-    sources = sorted(glob.glob("csrc/cuda/*.cpp")) + ["csrc/elementwise.cpp"]
+    sources = sorted(glob.glob("csrc/cuda/*.cpp")) + ["csrc/elementwise.cpp", "csrc/grid_step.cpp"]
     for src in sources:
         print(f"glue syntax check: {src}", flush=True)
         subprocess.run(["g++", *flags, src], check=True)

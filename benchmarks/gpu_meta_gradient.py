@@ -2,13 +2,17 @@
 
     python benchmarks/gpu_meta_gradient.py [--envs hopper walker2d] [--steps 100] [--json out.json]
 
-Prints, for each env: paper-style autograd (reference backend), a full create_graph unroll,
-fused eager, fused + CUDA graph (float32 and bf16 products), their ratios, the achieved TFLOP/s
-against the measured float32 GEMM rate, peak GPU memory, and the implied time of 50k outer steps.
+Prints, for each env: paper-style autograd (reference backend), a full create_graph unroll, the
+fused op with its inner steps as the grid program's cooperative kernels (the default on CUDA;
+eager and captured in a CUDA graph, 4 x 4 and 2 x 2 tiles) and through the ATen path (cuBLAS;
+eager, graph, graph with tf32 and bf16 products), their ratios, the achieved TFLOP/s against the
+measured float32 GEMM rate, peak GPU memory, the implied time of 50k outer steps, and how far
+the grid program's result is from the ATen path's (a sanity check, not a test).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -22,6 +26,25 @@ from benchmarks.common import (call_meta_gradient, create_graph_meta_gradient, g
                                meta_gradient_flops, paper_inputs, time_it)
 from obd_fast.graph import MetaGradientGraph  # noqa: E402
 
+GRID = dict(OBD_FAST_STEP_KERNEL="grid", OBD_FAST_GRID_TILE="4")
+GRID2 = dict(OBD_FAST_STEP_KERNEL="grid", OBD_FAST_GRID_TILE="2")
+LIBRARY = dict(OBD_FAST_STEP_KERNEL="library")
+
+
+@contextlib.contextmanager
+def settings(env: dict):
+    """The step-kernel environment variables (read by the extension at every call) for a block."""
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
 
 def peak_memory(fn) -> float:
     torch.cuda.synchronize()
@@ -32,38 +55,65 @@ def peak_memory(fn) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
 
 
-def bench_env(env: str, steps: int, reps: int) -> dict:
+def graph_time(d, env: dict, reps: int, precision: str = "native", checkpoint_every=None):
+    """Seconds per replay of a captured meta-gradient, and its outputs."""
+    with settings(env):
+        g = MetaGradientGraph(d["spec"], 256, 2560, steps=d["steps"], lr=0.1, precision=precision,
+                              checkpoint_every=checkpoint_every)
+        out = [t.clone() for t in g(d["theta0"], d["syn_obs"], d["syn_act"], d["obs"], d["target"], d["weight"],
+                                    d["inner_noise"], d["outer_noise"])]
+        seconds = time_it(g.replay, reps=max(reps, 20), device="cuda", best=False)
+    del g
+    return seconds, out
+
+
+def bench_env(env: str, steps: int, reps: int, sms: int) -> dict:
     d = paper_inputs(env, steps=steps, device="cuda")
     spec = d["spec"]
     flops = meta_gradient_flops(spec, 256, 2560, steps)
     ref = lambda: call_meta_gradient(obd_fast.meta_gradient, d, backend="reference")  # noqa: E731
     unroll = lambda: call_meta_gradient(create_graph_meta_gradient, d)  # noqa: E731
-    eager = lambda: call_meta_gradient(obd_fast.meta_gradient, d, backend="fused")  # noqa: E731
-    ck10 = lambda: call_meta_gradient(obd_fast.meta_gradient, d, backend="fused", checkpoint_every=10)  # noqa: E731
+    fused = lambda **kw: call_meta_gradient(obd_fast.meta_gradient, d, backend="fused", **kw)  # noqa: E731
     r = {"env": env, "steps": steps, "gflop_per_step": flops / 1e9}
     r["reference_s"] = time_it(ref, reps=2, device="cuda")
     r["create_graph_s"] = time_it(unroll, reps=2, device="cuda")
-    r["fused_eager_s"] = time_it(eager, reps=reps, device="cuda", best=False)
-    r["fused_ck10_eager_s"] = time_it(ck10, reps=reps, device="cuda", best=False)
-    for name, precision in (("fused_graph_s", "native"), ("fused_graph_tf32_s", "tf32"),
-                            ("fused_graph_bf16_s", "bf16")):
-        g = MetaGradientGraph(spec, 256, 2560, steps=steps, lr=0.1, precision=precision)
-        g(d["theta0"], d["syn_obs"], d["syn_act"], d["obs"], d["target"], d["weight"], d["inner_noise"],
-          d["outer_noise"])
-        r[name] = time_it(g.replay, reps=max(reps, 20), device="cuda", best=False)
-        del g
+    with settings(LIBRARY):
+        r["library_eager_s"] = time_it(fused, reps=reps, device="cuda", best=False)
+        lib_out = fused()
+        r["mem_library_mb"] = peak_memory(fused)
+    with settings(GRID):
+        r["grid_eager_s"] = time_it(fused, reps=reps, device="cuda", best=False)
+        r["grid_ck10_eager_s"] = time_it(lambda: fused(checkpoint_every=10), reps=reps, device="cuda", best=False)
+        r["mem_grid_mb"] = peak_memory(fused)
+    with settings(dict(GRID, OBD_FAST_GRID_PROFILE="1")):  # per-phase times to stderr
+        fused()
+    with settings(dict(GRID2, OBD_FAST_GRID_PROFILE="1")):
+        fused()
+    with settings(GRID):
+        r["mem_grid_ck10_mb"] = peak_memory(lambda: fused(checkpoint_every=10))
     r["mem_reference_mb"] = peak_memory(ref)
     r["mem_create_graph_mb"] = peak_memory(unroll)
-    r["mem_fused_mb"] = peak_memory(eager)
-    r["mem_fused_ck10_mb"] = peak_memory(ck10)
-    r["tflops_graph"] = flops / r["fused_graph_s"] / 1e12
-    r["speedup_graph_vs_reference"] = r["reference_s"] / r["fused_graph_s"]
-    r["speedup_graph_vs_create_graph"] = r["create_graph_s"] / r["fused_graph_s"]
-    r["speedup_eager_vs_reference"] = r["reference_s"] / r["fused_eager_s"]
-    r["hours_50k_graph"] = 50000 * r["fused_graph_s"] / 3600
-    r["hours_50k_graph_bf16"] = 50000 * r["fused_graph_bf16_s"] / 3600
-    r["hours_50k_graph_tf32"] = 50000 * r["fused_graph_tf32_s"] / 3600
-    r["speedup_graph_tf32_vs_reference"] = r["reference_s"] / r["fused_graph_tf32_s"]
+    variants = [("grid_graph_s", GRID, "native", None), ("grid2_graph_s", GRID2, "native", None),
+                ("grid2_2blocks_graph_s", dict(GRID2, OBD_FAST_GRID_BLOCKS=str(2 * sms)), "native", None),
+                ("grid_ck10_graph_s", GRID, "native", 10), ("library_graph_s", LIBRARY, "native", None),
+                ("library_graph_tf32_s", LIBRARY, "tf32", None), ("library_graph_bf16_s", LIBRARY, "bf16", None)]
+    for name, envvars, precision, ck in variants:
+        try:
+            r[name], out = graph_time(d, envvars, reps, precision, ck)
+        except Exception as e:  # one variant failing must not hide the others' numbers
+            print(f"# {env}: {name} failed: {type(e).__name__}: {e}", flush=True)
+            r[name], out = float("nan"), None
+        if name == "grid_graph_s" and out is not None:
+            r["grid_vs_library_rel_err"] = [((a.double() - b.double()).norm() / b.double().norm()).item()
+                                            for a, b in zip(out, lib_out)]
+    best = min(v for k, v in r.items() if k.startswith("grid") and k.endswith("graph_s") and v == v)
+    r["best_grid_graph_s"] = best
+    r["tflops_best_grid_graph"] = flops / best / 1e12
+    r["speedup_best_grid_graph_vs_reference"] = r["reference_s"] / best
+    r["speedup_best_grid_graph_vs_library_graph"] = r["library_graph_s"] / best
+    r["speedup_library_graph_vs_reference"] = r["reference_s"] / r["library_graph_s"]
+    r["minutes_50k_best_grid_graph"] = 50000 * best / 60
+    r["minutes_50k_library_graph"] = 50000 * r["library_graph_s"] / 60
     r["hours_50k_reference"] = 50000 * r["reference_s"] / 3600
     return r
 
@@ -81,24 +131,28 @@ def main(argv=None):
         sys.exit(f"obd_fast._C has no CUDA kernels: {obd_fast.build_info()}")
     gemm256 = gemm_rate(256, device="cuda")
     gemm4k = gemm_rate(4096, device="cuda")
-    info = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    info = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "multiprocessors": sms,
             "gemm256_fp32_tflops": gemm256 / 1e12, "gemm4096_fp32_tflops": gemm4k / 1e12, "results": []}
-    print(f"# {info['device']}, torch {info['torch']}: fp32 GEMM 256^3 {gemm256 / 1e12:.2f} TFLOP/s, "
+    print(f"# {info['device']} ({sms} SMs), torch {info['torch']}: fp32 GEMM 256^3 {gemm256 / 1e12:.2f} TFLOP/s, "
           f"4096^3 {gemm4k / 1e12:.1f} TFLOP/s")
-    print("| env | T | reference ms | create_graph ms | fused eager ms | fused graph ms | graph tf32 ms | graph bf16 ms | "
-          "x vs reference | x vs create_graph | TFLOP/s (graph) | 50k steps (graph) | mem ref / fused / ck10 MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    cols = ["reference_s", "create_graph_s", "library_eager_s", "library_graph_s", "library_graph_tf32_s",
+            "library_graph_bf16_s", "grid_eager_s", "grid_ck10_eager_s", "grid_graph_s", "grid2_graph_s",
+            "grid2_2blocks_graph_s", "grid_ck10_graph_s"]
+    print("| env | T | " + " | ".join(c[:-2] + " ms" for c in cols) + " | best grid graph x vs reference | "
+          "x vs library graph | TFLOP/s | 50k steps | mem ref / library / grid / grid ck10 MB |")
+    print("|---|---|" + "---|" * (len(cols) + 5))
     for env in args.envs:
         for steps in args.steps:
-            r = bench_env(env, steps, args.reps)
+            r = bench_env(env, steps, args.reps, sms)
             info["results"].append(r)
-            print(f"| {env} | {steps} | {1e3 * r['reference_s']:.1f} | {1e3 * r['create_graph_s']:.1f} | "
-                  f"{1e3 * r['fused_eager_s']:.2f} | {1e3 * r['fused_graph_s']:.2f} | "
-                  f"{1e3 * r['fused_graph_tf32_s']:.2f} | "
-                  f"{1e3 * r['fused_graph_bf16_s']:.2f} | {r['speedup_graph_vs_reference']:.0f} | "
-                  f"{r['speedup_graph_vs_create_graph']:.0f} | {r['tflops_graph']:.2f} | "
-                  f"{60 * r['hours_50k_graph']:.1f} min | {r['mem_reference_mb']:.0f} / {r['mem_fused_mb']:.0f} / "
-                  f"{r['mem_fused_ck10_mb']:.0f} |", flush=True)
+            print(f"| {env} | {steps} | " + " | ".join(f"{1e3 * r[c]:.2f}" for c in cols) +
+                  f" | {r['speedup_best_grid_graph_vs_reference']:.0f} | "
+                  f"{r['speedup_best_grid_graph_vs_library_graph']:.1f} | {r['tflops_best_grid_graph']:.2f} | "
+                  f"{r['minutes_50k_best_grid_graph']:.1f} min | {r['mem_reference_mb']:.0f} / "
+                  f"{r['mem_library_mb']:.0f} / {r['mem_grid_mb']:.0f} / {r['mem_grid_ck10_mb']:.0f} |", flush=True)
+            print(f"# {env}: grid vs library (float32) relative difference, loss / d_obs / d_act: "
+                  + ", ".join(f"{e:.1e}" for e in r.get("grid_vs_library_rel_err", [])), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(info, f, indent=2)

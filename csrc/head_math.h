@@ -170,26 +170,37 @@ OBD_HD T head_action(const HeadArgs<T>& a, int64_t i, int64_t j) {
 }
 
 // One SGD step as torch.optim.SGD (no dampening, no Nesterov): g = grad + wd * theta,
-// buf = momentum * buf + g (buf starts at zero), theta_next = theta - lr * buf.
+// buf = momentum * buf + g (buf starts at zero), theta_next = theta - lr * buf. Returns
+// theta_next; buf_k (null without momentum) is updated.
+template <typename T>
+OBD_HD T sgd_update(T theta, T grad, T* buf_k, T lr, T momentum, T weight_decay) {
+  T g = grad + weight_decay * theta;
+  if (buf_k != nullptr) {
+    g = momentum * *buf_k + g;
+    *buf_k = g;
+  }
+  return theta - lr * g;
+}
+
 template <typename T>
 OBD_HD void sgd_element(const T* theta, const T* grad, T* buf, T* theta_next, T lr, T momentum, T weight_decay,
                         int64_t k) {
-  T g = grad[k] + weight_decay * theta[k];
-  if (buf != nullptr) {
-    g = momentum * buf[k] + g;
-    buf[k] = g;
-  }
-  theta_next[k] = theta[k] - lr * g;
+  theta_next[k] = sgd_update(theta[k], grad[k], buf != nullptr ? buf + k : nullptr, lr, momentum, weight_decay);
 }
 
 // One step of the reverse phase's adjoint recursion, fused: with u = u_t (the adjoint of step t's
 // update direction) and hu = H_t u_t, a_t = a_{t+1} + hu + weight_decay * u, then the next
-// direction u_{t-1} = momentum * u_t - lr * a_t.
+// direction u_{t-1} = momentum * u_t - lr * a_t. Updates *a_k, returns u_{t-1}.
+template <typename T>
+OBD_HD T adjoint_update(T* a_k, T hu, T u, T lr, T momentum, T weight_decay) {
+  const T a_new = *a_k + hu + weight_decay * u;
+  *a_k = a_new;
+  return momentum * u - lr * a_new;
+}
+
 template <typename T>
 OBD_HD void adjoint_element(T* a, const T* hu, T* u, T lr, T momentum, T weight_decay, int64_t k) {
-  const T a_new = a[k] + hu[k] + weight_decay * u[k];
-  a[k] = a_new;
-  u[k] = momentum * u[k] - lr * a_new;
+  u[k] = adjoint_update(a + k, hu[k], u[k], lr, momentum, weight_decay);
 }
 
 }  // namespace head

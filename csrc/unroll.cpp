@@ -1,5 +1,7 @@
 #include "unroll.h"
 
+#include "grid_step.h"
+
 namespace obd_fast {
 
 namespace {
@@ -16,6 +18,10 @@ void run_segment(const Mlp& mlp, const Gemm& mm, const InnerConfig& cfg, const a
                  const at::Tensor& records, const at::Tensor& buf, const at::Tensor& grad, Workspace& ws,
                  bool last_update = true) {
   const int64_t n = syn_obs.size(0);
+  if (use_grid_program(mlp, cfg, syn_obs, n)) {
+    grid_forward_segment(mlp, cfg, syn_obs, syn_act, noise, t0, t1, thetas, records, buf, last_update);
+    return;
+  }
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t k = t - t0;
     const StepRecord rec = record_views(mlp, records.select(0, records.size(0) == 1 ? 0 : k), n, cfg.compact_records);
@@ -40,6 +46,11 @@ void reverse_segment(const Mlp& mlp, const Gemm& mm, const InnerConfig& cfg, con
                      const at::Tensor& syn_act, const at::Tensor& noise, int64_t t0, int64_t t1,
                      const at::Tensor& thetas, const at::Tensor& records, Adjoint& adj, Workspace& ws) {
   const int64_t n = syn_obs.size(0);
+  if (use_grid_program(mlp, cfg, syn_obs, n)) {
+    grid_reverse_segment(mlp, cfg, syn_obs, syn_act, noise, t0, t1, thetas, records, adj.theta, adj.u, adj.d_obs,
+                         adj.d_act);
+    return;
+  }
   for (int64_t t = t1 - 1; t >= t0; --t) {
     const int64_t k = t - t0;
     const StepRecord rec = record_views(mlp, records.select(0, k), n, cfg.compact_records);

@@ -1,10 +1,15 @@
-"""A small fused CUDA case for compute-sanitizer (run by test_cuda_backend.test_memcheck_small_case)."""
+"""A small fused CUDA case for compute-sanitizer (run by test_cuda_backend.test_memcheck_small_case):
+both heads, with and without checkpoints, through the grid program (both tiles) and the ATen path."""
+import os
+
 import torch
 
 import obd_fast
 from obd_fast import PolicySpec
 
-for head in ("gaussian", "tanh"):
+for kernel, tile, head in [(k, t, h) for k, t in (("grid", "4"), ("grid", "2"), ("library", "4"))
+                           for h in ("gaussian", "tanh")]:
+    os.environ["OBD_FAST_STEP_KERNEL"], os.environ["OBD_FAST_GRID_TILE"] = kernel, tile
     spec = PolicySpec(5, 2, (13, 9), head=head)
     dev = torch.device("cuda")
     g = torch.Generator().manual_seed(0)

@@ -1,0 +1,235 @@
+#include "grid_step.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+
+#include "grid/program.h"
+
+namespace obd_fast {
+
+#ifdef OBD_FAST_WITH_CUDA
+namespace cuda {
+template <typename T>
+void grid_forward(const grid::ForwardArgs<T>& args, int tile, int blocks, const at::Device& device);
+template <typename T>
+void grid_reverse(const grid::ReverseArgs<T>& args, int tile, int blocks, const at::Device& device);
+}  // namespace cuda
+#endif
+
+namespace {
+
+// Runs each phase's items one after another, last item first: any item that read what another
+// item of its phase writes would see a different value than on the GPU, and the CPU tests'
+// comparison with the ATen path would catch it.
+struct SerialExec {
+  template <typename F>
+  void phase(int items, F&& item) {
+    for (int w = items - 1; w >= 0; --w) item(w);
+  }
+};
+
+std::string env_or(const char* name, const char* fallback) {
+  const char* v = std::getenv(name);
+  return v != nullptr && v[0] != '\0' ? std::string(v) : std::string(fallback);
+}
+
+// OBD_FAST_GRID_TILE: outputs per item, 4 (4 x 4, default) or 2 (2 x 2).
+int tile_size() {
+  const std::string v = env_or("OBD_FAST_GRID_TILE", "4");
+  TORCH_CHECK(v == "4" || v == "2", "obd_fast: OBD_FAST_GRID_TILE must be 2 or 4, got '", v, "'");
+  return v == "2" ? 2 : 4;
+}
+
+#ifdef OBD_FAST_WITH_CUDA
+// OBD_FAST_GRID_BLOCKS: blocks of the cooperative kernels (0, default: one per multiprocessor).
+int grid_blocks() {
+  const std::string v = env_or("OBD_FAST_GRID_BLOCKS", "0");
+  char* end = nullptr;
+  const long b = std::strtol(v.c_str(), &end, 10);
+  TORCH_CHECK(end != v.c_str() && *end == '\0' && b >= 0, "obd_fast: OBD_FAST_GRID_BLOCKS must be an integer >= 0");
+  return static_cast<int>(b);
+}
+#endif
+
+grid::Net make_net(const Mlp& mlp) {
+  grid::Net net;
+  net.L = static_cast<int>(mlp.layers());
+  for (int l = 0; l <= net.L; ++l) net.widths[l] = static_cast<int>(mlp.widths[l]);
+  int wt = 0;
+  for (int l = 0; l < net.L; ++l) {
+    net.w_off[l] = static_cast<int>(mlp.weight_offset[l]);
+    net.b_off[l] = static_cast<int>(mlp.bias_offset[l]);
+    if (l >= 1 && l <= net.L - 2) {
+      net.wt_off[l] = wt;
+      wt += net.widths[l] * net.widths[l + 1];
+    }
+  }
+  net.wt_total = wt;
+  net.head_off = static_cast<int>(mlp.head_offset);
+  net.P = static_cast<int>(mlp.num_params);
+  net.act = static_cast<int>(mlp.act);
+  net.gaussian = mlp.gaussian;
+  net.max_action = mlp.max_action;
+  return net;
+}
+
+// Offsets of a record's parts, read off record_views itself so both paths share one layout.
+grid::RecordLayout make_record_layout(const Mlp& mlp, const at::Tensor& slot, int64_t n) {
+  const StepRecord rec = record_views(mlp, slot, n);
+  auto off = [&](const at::Tensor& t) { return static_cast<int>(t.storage_offset() - slot.storage_offset()); };
+  grid::RecordLayout r;
+  for (size_t l = 0; l < rec.act.size(); ++l) r.act[l] = off(rec.act[l]);
+  for (size_t l = 0; l < rec.grad.size(); ++l) r.grad[l] = off(rec.grad[l]);
+  r.z_out = off(rec.z_out);
+  return r;
+}
+
+template <typename T>
+const T* ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+template <typename T>
+void forward_typed(const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& syn_obs, const at::Tensor& syn_act,
+                   const at::Tensor& noise, int64_t t0, int64_t t1, const at::Tensor& thetas,
+                   const at::Tensor& records, const at::Tensor& buf, bool last_update) {
+  const int64_t n = syn_obs.size(0);
+  grid::ForwardArgs<T> f;
+  f.net = make_net(mlp);
+  f.rec = make_record_layout(mlp, records.select(0, 0), n);
+  f.n = static_cast<int>(n);
+  f.obs = syn_obs.data_ptr<T>();
+  f.target = syn_act.data_ptr<T>();
+  f.noise = mlp.gaussian ? ptr_or_null<T>(noise) : nullptr;
+  f.thetas = thetas.data_ptr<T>();
+  f.records = records.data_ptr<T>();
+  f.rec_stride = records.size(0) == 1 ? 0 : records.stride(0);
+  f.buf = buf.defined() ? buf.data_ptr<T>() : nullptr;
+  const auto opts = syn_obs.options();
+  const int64_t wt_total = std::max(f.net.wt_total, 1), dots = n * mlp.widths.back() * grid::kDotSplit;
+  // One allocation for the scratch: W^T, the head's terms, the split dot products, chunk sums.
+  const at::Tensor scratch = at::empty({wt_total + 3 * n * mlp.act + dots + 2 * grid::kSumChunks}, opts);
+  f.wt = scratch.data_ptr<T>();
+  f.partials = f.wt + wt_total;
+  f.dots = f.partials + 3 * n * mlp.act;
+  f.sums = f.dots + dots;
+  f.lr = static_cast<T>(cfg.lr);
+  f.momentum = static_cast<T>(cfg.momentum);
+  f.weight_decay = static_cast<T>(cfg.weight_decay);
+  f.t0 = static_cast<int>(t0);
+  f.t1 = static_cast<int>(t1);
+  f.last_update = last_update;
+  const int tile = tile_size();
+  if (syn_obs.is_cuda()) {
+#ifdef OBD_FAST_WITH_CUDA
+    cuda::grid_forward(f, tile, grid_blocks(), syn_obs.device());
+    return;
+#else
+    TORCH_CHECK(false, "obd_fast was built without CUDA support; rebuild with a CUDA build of torch and nvcc");
+#endif
+  }
+  SerialExec ex;
+  if (tile == 2) {
+    grid::forward_steps<T, 2, 2>(ex, f);
+  } else {
+    grid::forward_steps<T, 4, 4>(ex, f);
+  }
+}
+
+template <typename T>
+void reverse_typed(const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& syn_obs, const at::Tensor& syn_act,
+                   const at::Tensor& noise, int64_t t0, int64_t t1, const at::Tensor& thetas,
+                   const at::Tensor& records, const at::Tensor& a, const at::Tensor& u, const at::Tensor& d_obs,
+                   const at::Tensor& d_act) {
+  const int64_t n = syn_obs.size(0), L = mlp.layers();
+  grid::ReverseArgs<T> r;
+  r.net = make_net(mlp);
+  r.rec = make_record_layout(mlp, records.select(0, 0), n);
+  r.n = static_cast<int>(n);
+  r.obs = syn_obs.data_ptr<T>();
+  r.target = syn_act.data_ptr<T>();
+  r.noise = mlp.gaussian ? ptr_or_null<T>(noise) : nullptr;
+  r.thetas = thetas.data_ptr<T>();
+  r.records = records.data_ptr<T>();
+  r.rec_stride = records.stride(0);
+  r.a = a.data_ptr<T>();
+  r.u = u.data_ptr<T>();
+  r.d_obs = d_obs.defined() ? d_obs.data_ptr<T>() : nullptr;
+  r.d_target = d_act.data_ptr<T>();
+  int64_t tangent_total = 0;
+  for (int64_t l = 0; l < L; ++l) {
+    r.tan_off[l] = static_cast<int>(tangent_total);
+    tangent_total += n * mlp.widths[l + 1];
+  }
+  const auto opts = syn_obs.options();
+  const int64_t wt_total = std::max(r.net.wt_total, 1), dots = n * mlp.widths.back() * grid::kDotSplit;
+  // One allocation for the scratch: u_alt, W^T, U^T, tangents, Q, the head's terms, the split
+  // dot products, chunk sums.
+  const at::Tensor scratch = at::empty(
+      {mlp.num_params + 2 * wt_total + 2 * tangent_total + 2 * n * mlp.act + dots + 2 * grid::kSumChunks}, opts);
+  T* s = scratch.data_ptr<T>();
+  r.u_alt = s;
+  r.wt = s + mlp.num_params;
+  r.ut = r.wt + wt_total;
+  r.tangent = r.ut + wt_total;
+  r.q = r.tangent + tangent_total;
+  r.partials = r.q + tangent_total;
+  r.dots = r.partials + 2 * n * mlp.act;
+  r.sums = r.dots + dots;
+  r.lr = static_cast<T>(cfg.lr);
+  r.momentum = static_cast<T>(cfg.momentum);
+  r.weight_decay = static_cast<T>(cfg.weight_decay);
+  r.t0 = static_cast<int>(t0);
+  r.t1 = static_cast<int>(t1);
+  const int tile = tile_size();
+  if (syn_obs.is_cuda()) {
+#ifdef OBD_FAST_WITH_CUDA
+    cuda::grid_reverse(r, tile, grid_blocks(), syn_obs.device());
+    return;
+#else
+    TORCH_CHECK(false, "obd_fast was built without CUDA support; rebuild with a CUDA build of torch and nvcc");
+#endif
+  }
+  SerialExec ex;
+  if (tile == 2) {
+    grid::reverse_steps<T, 2, 2>(ex, r);
+  } else {
+    grid::reverse_steps<T, 4, 4>(ex, r);
+  }
+}
+
+}  // namespace
+
+bool use_grid_program(const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& like, int64_t n) {
+  const std::string mode = env_or("OBD_FAST_STEP_KERNEL", "auto");
+  TORCH_CHECK(mode == "auto" || mode == "grid" || mode == "library",
+              "obd_fast: OBD_FAST_STEP_KERNEL must be auto, grid or library, got '", mode, "'");
+  if (mode == "library") return false;
+  if (mode == "auto" && !like.is_cuda()) return false;
+  const bool fits = mlp.layers() <= grid::kMaxLayers &&
+                    n * (2 * mlp.hidden_total() + 2 * mlp.widths.back()) < std::numeric_limits<int>::max() &&
+                    mlp.num_params < std::numeric_limits<int>::max() / 2;
+  return fits && cfg.precision == Precision::kNative && !cfg.compact_records &&
+         (like.scalar_type() == at::kFloat || like.scalar_type() == at::kDouble);
+}
+
+void grid_forward_segment(const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& syn_obs,
+                          const at::Tensor& syn_act, const at::Tensor& noise, int64_t t0, int64_t t1,
+                          const at::Tensor& thetas, const at::Tensor& records, const at::Tensor& buf,
+                          bool last_update) {
+  AT_DISPATCH_FLOATING_TYPES(syn_obs.scalar_type(), "obd_fast_grid_forward", [&] {
+    forward_typed<scalar_t>(mlp, cfg, syn_obs, syn_act, noise, t0, t1, thetas, records, buf, last_update);
+  });
+}
+
+void grid_reverse_segment(const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& syn_obs,
+                          const at::Tensor& syn_act, const at::Tensor& noise, int64_t t0, int64_t t1,
+                          const at::Tensor& thetas, const at::Tensor& records, const at::Tensor& a,
+                          const at::Tensor& u, const at::Tensor& d_obs, const at::Tensor& d_act) {
+  AT_DISPATCH_FLOATING_TYPES(syn_obs.scalar_type(), "obd_fast_grid_reverse", [&] {
+    reverse_typed<scalar_t>(mlp, cfg, syn_obs, syn_act, noise, t0, t1, thetas, records, a, u, d_obs, d_act);
+  });
+}
+
+}  // namespace obd_fast

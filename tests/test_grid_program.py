@@ -1,0 +1,114 @@
+"""The grid program (csrc/grid/program.h), the CUDA backend's whole-step kernels, run on the CPU
+by its serial executor (OBD_FAST_STEP_KERNEL=grid): the same code the GPU runs, item by item, so
+every index, epilogue and phase boundary of it is checked here against the independent float64
+unroll, at odd sizes, with both heads, momentum, weight decay and checkpoints."""
+import pytest
+import torch
+
+import obd_fast
+from helpers import (GRID, case_meta_gradient, check_against_plain, gradcheck_unroll, make_case, odd_case, rel_err,
+                     to_dtype)
+
+pytestmark = [pytest.mark.skipif(not obd_fast.fused_available(), reason=f"no extension: {obd_fast.build_info()}"),
+              pytest.mark.usefixtures("one_thread")]
+
+TOL = 1e-9
+
+
+@pytest.fixture(params=["4", "2"], ids=["tile4", "tile2"])
+def grid_kernel(request, monkeypatch):
+    """Inner steps through the grid program, with 4 x 4 or 2 x 2 output tiles per item."""
+    monkeypatch.setenv("OBD_FAST_STEP_KERNEL", "grid")
+    monkeypatch.setenv("OBD_FAST_GRID_TILE", request.param)
+    return request.param
+
+
+def meta(case, **kw):
+    return case_meta_gradient(case, obd_fast.meta_gradient, backend="fused", **kw)
+
+
+@pytest.mark.parametrize("head,momentum,wd,steps", GRID)
+def test_grid_program_matches_plain_unroll(grid_kernel, head, momentum, wd, steps):
+    check_against_plain(odd_case(head, steps, seed=steps), "fused", TOL, lr=0.1, momentum=momentum, weight_decay=wd)
+
+
+# Depths 1 to 4, widths that fill no tile evenly, fewer rows than a warp tile and more.
+SHAPES = [
+    dict(obs_dim=3, act_dim=1, hidden=(5,)),
+    dict(obs_dim=7, act_dim=2, hidden=(33,)),
+    dict(obs_dim=11, act_dim=3, hidden=(17, 129)),
+    dict(obs_dim=2, act_dim=5, hidden=(9, 1, 40)),
+    dict(obs_dim=6, act_dim=3, hidden=(65, 31, 7, 12)),
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s["hidden"])))
+@pytest.mark.parametrize("head", ["gaussian", "tanh"])
+def test_grid_program_odd_shapes(grid_kernel, shape, head):
+    n = 37 if len(shape["hidden"]) % 2 else 130
+    case = make_case(dict(shape, head=head, max_action=1.7), n, 23, 4, torch.float64, seed=len(shape["hidden"]))
+    check_against_plain(case, "fused", TOL, lr=0.1, momentum=0.9, weight_decay=1e-3)
+
+
+@pytest.mark.parametrize("ck", [1, 3, 4, 10])
+def test_grid_program_checkpointed_is_bitwise_full(grid_kernel, ck):
+    # Every step runs the same items in the same order whether a segment is the forward phase or
+    # a recomputation, so checkpointing must not change a bit; uneven last segments included.
+    case = odd_case("gaussian", 10, seed=4)
+    hyper = dict(lr=0.1, momentum=0.9, weight_decay=1e-4)
+    full = meta(case, checkpoint_every=None, **hyper)
+    ckpt = check_against_plain(case, "fused", TOL, checkpoint_every=ck, **hyper)
+    for f, c in zip(full, ckpt):
+        assert torch.equal(f, c)
+
+
+def test_grid_program_deterministic_head_and_unit_weights(grid_kernel):
+    case = odd_case("gaussian", 5, seed=1, noise=False)
+    case["weight"] = None
+    check_against_plain(case, "fused", TOL, lr=0.1, momentum=0.9, weight_decay=1e-4)
+
+
+def test_grid_program_float32_against_float64(grid_kernel):
+    case = make_case(dict(obs_dim=11, act_dim=3, hidden=(64, 64)), 64, 256, 20, torch.float64, seed=0)
+    want = meta(case, lr=0.1)
+    got = meta(to_dtype(case, torch.float32), lr=0.1)
+    errs = [rel_err(g, w) for g, w in zip(got, want)]
+    assert all(g.dtype == torch.float32 for g in got)
+    assert max(errs) <= 1e-4, errs
+
+
+def test_grid_program_agrees_with_the_aten_path(monkeypatch):
+    # Same math, other summation order: float64 results agree to rounding.
+    case = odd_case("tanh", 10, seed=7)
+    hyper = dict(lr=0.1, momentum=0.9, weight_decay=1e-4)
+    monkeypatch.setenv("OBD_FAST_STEP_KERNEL", "library")
+    lib = meta(case, checkpoint_every=3, **hyper)
+    monkeypatch.setenv("OBD_FAST_STEP_KERNEL", "grid")
+    grd = meta(case, checkpoint_every=3, **hyper)
+    for a, b in zip(grd, lib):
+        assert rel_err(a, b) <= 1e-12
+
+
+@pytest.mark.parametrize("head", ["gaussian", "tanh"])
+def test_grid_program_unroll_bc_gradcheck(grid_kernel, head):
+    gradcheck_unroll("fused", head)
+    gradcheck_unroll("fused", head, checkpoint_every=1)
+
+
+def test_grid_program_bf16_falls_back_to_the_aten_path(monkeypatch):
+    # bf16 products are the ATen path's; asking for the grid program must not change them.
+    case = to_dtype(odd_case("gaussian", 3, seed=3), torch.float32)
+    monkeypatch.setenv("OBD_FAST_STEP_KERNEL", "library")
+    lib = meta(case, lr=0.1, precision="bf16")
+    monkeypatch.setenv("OBD_FAST_STEP_KERNEL", "grid")
+    grd = meta(case, lr=0.1, precision="bf16")
+    for a, b in zip(grd, lib):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name,value", [("OBD_FAST_STEP_KERNEL", "fast"), ("OBD_FAST_GRID_TILE", "3")])
+def test_unknown_grid_settings_are_rejected(monkeypatch, name, value):
+    monkeypatch.setenv("OBD_FAST_STEP_KERNEL", "grid")
+    monkeypatch.setenv(name, value)
+    with pytest.raises(RuntimeError, match=name):
+        meta(odd_case("tanh", 1, seed=0), lr=0.1)
