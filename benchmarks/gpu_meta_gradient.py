@@ -1,10 +1,12 @@
 """Per-outer-step time of the meta-gradient on the GPU at hand, at the paper setting.
 
     python benchmarks/gpu_meta_gradient.py [--envs hopper walker2d] [--steps 100] [--json out.json]
+    python benchmarks/gpu_meta_gradient.py --replot out.json   # the chart again, no GPU needed
 
 Prints, for each env: paper-style autograd (reference backend), a full create_graph unroll, the
 fused op with its inner steps as the grid program's cooperative kernels (the default on CUDA;
-eager and captured in a CUDA graph, 4 x 4 and 2 x 2 tiles) and through the ATen path (cuBLAS;
+eager and captured in a CUDA graph, on one or half a block per multiprocessor, with checkpoints)
+and through the ATen path (cuBLAS;
 eager, graph, graph with tf32 and bf16 products), their ratios, the achieved TFLOP/s against the
 measured float32 GEMM rate, peak GPU memory, the implied time of 50k outer steps, and how far
 the grid program's result is from the ATen path's (a sanity check, not a test).
@@ -26,8 +28,7 @@ from benchmarks.common import (call_meta_gradient, create_graph_meta_gradient, g
                                meta_gradient_flops, paper_inputs, time_it)
 from obd_fast.graph import MetaGradientGraph  # noqa: E402
 
-GRID = dict(OBD_FAST_STEP_KERNEL="grid", OBD_FAST_GRID_TILE="4")
-GRID2 = dict(OBD_FAST_STEP_KERNEL="grid", OBD_FAST_GRID_TILE="2")
+GRID = dict(OBD_FAST_STEP_KERNEL="grid")
 LIBRARY = dict(OBD_FAST_STEP_KERNEL="library")
 
 
@@ -87,14 +88,12 @@ def bench_env(env: str, steps: int, reps: int, sms: int) -> dict:
         r["mem_grid_mb"] = peak_memory(fused)
     with settings(dict(GRID, OBD_FAST_GRID_PROFILE="1")):  # per-phase times to stderr
         fused()
-    with settings(dict(GRID2, OBD_FAST_GRID_PROFILE="1")):
-        fused()
     with settings(GRID):
         r["mem_grid_ck10_mb"] = peak_memory(lambda: fused(checkpoint_every=10))
     r["mem_reference_mb"] = peak_memory(ref)
     r["mem_create_graph_mb"] = peak_memory(unroll)
-    variants = [("grid_graph_s", GRID, "native", None), ("grid2_graph_s", GRID2, "native", None),
-                ("grid2_2blocks_graph_s", dict(GRID2, OBD_FAST_GRID_BLOCKS=str(2 * sms)), "native", None),
+    variants = [("grid_graph_s", GRID, "native", None),
+                ("grid_half_blocks_graph_s", dict(GRID, OBD_FAST_GRID_BLOCKS=str(sms // 2)), "native", None),
                 ("grid_ck10_graph_s", GRID, "native", 10), ("library_graph_s", LIBRARY, "native", None),
                 ("library_graph_tf32_s", LIBRARY, "tf32", None), ("library_graph_bf16_s", LIBRARY, "bf16", None)]
     for name, envvars, precision, ck in variants:
@@ -118,13 +117,58 @@ def bench_env(env: str, steps: int, reps: int, sms: int) -> dict:
     return r
 
 
+# Bars of the chart: (result key, label).
+CHART = [("reference_s", "autograd (reference)"), ("create_graph_s", "create_graph unroll"),
+         ("library_graph_s", "fused ATen + graph"), ("library_graph_tf32_s", "fused ATen + graph, tf32"),
+         ("grid_eager_s", "grid program, eager"), ("grid_graph_s", "grid program + graph"),
+         ("grid_ck10_graph_s", "grid + graph, ck10")]
+TARGET_MS = 10.0  # issue 7: fused + graph <= 10 ms per outer step on one H100
+
+
+def plot(info: dict, path: str) -> None:
+    """Per-outer-step time of each variant per env (log scale), with the issue's target."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no chart")
+        return
+    results = info["results"]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    width = 0.8 / max(1, len(results))
+    for n, r in enumerate(results):
+        ms = [1e3 * r.get(key, float("nan")) for key, _ in CHART]
+        xs = [i + (n - (len(results) - 1) / 2) * width for i in range(len(CHART))]
+        ax.bar(xs, ms, width, label=f"{r['env']} (T={r['steps']})")
+        for x, v in zip(xs, ms):
+            if v == v:
+                ax.text(x, v * 1.05, f"{v:.0f}" if v >= 100 else f"{v:.1f}", ha="center", fontsize=7)
+    ax.axhline(TARGET_MS, color="red", linestyle="--", linewidth=1, label=f"target {TARGET_MS:.0f} ms")
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(CHART)))
+    ax.set_xticklabels([label for _, label in CHART], rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("ms per outer step (meta-gradient)")
+    ax.set_title(f"Paper setting on {info['device']}, torch {info['torch']}", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"chart: {path}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--envs", nargs="+", default=["hopper", "walker2d"])
     p.add_argument("--steps", type=int, nargs="+", default=[100])
     p.add_argument("--reps", type=int, default=10)
-    p.add_argument("--json", default=None)
+    p.add_argument("--json", default=None, help="save the results here (and the chart next to it, .png)")
+    p.add_argument("--replot", default=None, metavar="JSON", help="only draw the chart of a saved run")
     args = p.parse_args(argv)
+    if args.replot:
+        with open(args.replot) as f:
+            plot(json.load(f), os.path.splitext(args.replot)[0] + ".png")
+        return
     if not torch.cuda.is_available():
         sys.exit("gpu_meta_gradient.py needs a CUDA device")
     if "cuda" not in obd_fast.build_info():
@@ -137,8 +181,8 @@ def main(argv=None):
     print(f"# {info['device']} ({sms} SMs), torch {info['torch']}: fp32 GEMM 256^3 {gemm256 / 1e12:.2f} TFLOP/s, "
           f"4096^3 {gemm4k / 1e12:.1f} TFLOP/s")
     cols = ["reference_s", "create_graph_s", "library_eager_s", "library_graph_s", "library_graph_tf32_s",
-            "library_graph_bf16_s", "grid_eager_s", "grid_ck10_eager_s", "grid_graph_s", "grid2_graph_s",
-            "grid2_2blocks_graph_s", "grid_ck10_graph_s"]
+            "library_graph_bf16_s", "grid_eager_s", "grid_ck10_eager_s", "grid_graph_s", "grid_half_blocks_graph_s",
+            "grid_ck10_graph_s"]
     print("| env | T | " + " | ".join(c[:-2] + " ms" for c in cols) + " | best grid graph x vs reference | "
           "x vs library graph | TFLOP/s | 50k steps | mem ref / library / grid / grid ck10 MB |")
     print("|---|---|" + "---|" * (len(cols) + 5))
@@ -156,6 +200,7 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump(info, f, indent=2)
+        plot(info, os.path.splitext(args.json)[0] + ".png")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
 
 #include "grid/program.h"
 
@@ -11,20 +12,43 @@ namespace obd_fast {
 #ifdef OBD_FAST_WITH_CUDA
 namespace cuda {
 template <typename T>
-void grid_forward(const grid::ForwardArgs<T>& args, int tile, int blocks, const at::Device& device);
+void grid_forward(const grid::ForwardArgs<T>& args, int blocks, const at::Device& device);
 template <typename T>
-void grid_reverse(const grid::ReverseArgs<T>& args, int tile, int blocks, const at::Device& device);
+void grid_reverse(const grid::ReverseArgs<T>& args, int blocks, const at::Device& device);
 }  // namespace cuda
 #endif
 
 namespace {
 
-// Runs each phase's items one after another, last item first: any item that read what another
-// item of its phase writes would see a different value than on the GPU, and the CPU tests'
-// comparison with the ATen path would catch it.
-struct SerialExec {
+// One block of the serial executor: its threads run one after another (last first) between the
+// barriers, each with its own Local values.
+struct SerialBlock {
+  template <typename V>
+  struct Local {
+    V v[grid::kBlockThreads];
+    V& operator()(int t) { return v[t]; }
+  };
   template <typename F>
-  void phase(int items, F&& item) {
+  void threads(F&& f) {
+    for (int t = grid::kBlockThreads - 1; t >= 0; --t) f(t);
+  }
+  void sync() {}
+  template <typename T>
+  T* smem() {
+    return reinterpret_cast<T*>(buf);
+  }
+  alignas(16) unsigned char buf[grid::kSmemFloats * sizeof(double)];
+};
+
+// Runs each phase's block items, then its thread items, one after another and last first: an
+// item that read what another item of its phase writes would see other values than on the GPU,
+// and the CPU tests' comparison with the independent unroll would catch it.
+struct SerialExec {
+  using Block = SerialBlock;
+  Block block;
+  template <typename BlockItem, typename Item>
+  void phase(int blocks, BlockItem&& block_item, int items, Item&& item) {
+    for (int b = blocks - 1; b >= 0; --b) block_item(block, b);
     for (int w = items - 1; w >= 0; --w) item(w);
   }
 };
@@ -32,13 +56,6 @@ struct SerialExec {
 std::string env_or(const char* name, const char* fallback) {
   const char* v = std::getenv(name);
   return v != nullptr && v[0] != '\0' ? std::string(v) : std::string(fallback);
-}
-
-// OBD_FAST_GRID_TILE: outputs per item, 4 (4 x 4, default) or 2 (2 x 2).
-int tile_size() {
-  const std::string v = env_or("OBD_FAST_GRID_TILE", "4");
-  TORCH_CHECK(v == "4" || v == "2", "obd_fast: OBD_FAST_GRID_TILE must be 2 or 4, got '", v, "'");
-  return v == "2" ? 2 : 4;
 }
 
 #ifdef OBD_FAST_WITH_CUDA
@@ -56,16 +73,10 @@ grid::Net make_net(const Mlp& mlp) {
   grid::Net net;
   net.L = static_cast<int>(mlp.layers());
   for (int l = 0; l <= net.L; ++l) net.widths[l] = static_cast<int>(mlp.widths[l]);
-  int wt = 0;
   for (int l = 0; l < net.L; ++l) {
     net.w_off[l] = static_cast<int>(mlp.weight_offset[l]);
     net.b_off[l] = static_cast<int>(mlp.bias_offset[l]);
-    if (l >= 1 && l <= net.L - 2) {
-      net.wt_off[l] = wt;
-      wt += net.widths[l] * net.widths[l + 1];
-    }
   }
-  net.wt_total = wt;
   net.head_off = static_cast<int>(mlp.head_offset);
   net.P = static_cast<int>(mlp.num_params);
   net.act = static_cast<int>(mlp.act);
@@ -107,11 +118,10 @@ void forward_typed(const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& syn
   f.rec_stride = records.size(0) == 1 ? 0 : records.stride(0);
   f.buf = buf.defined() ? buf.data_ptr<T>() : nullptr;
   const auto opts = syn_obs.options();
-  const int64_t wt_total = std::max(f.net.wt_total, 1), dots = n * mlp.widths.back() * grid::kDotSplit;
-  // One allocation for the scratch: W^T, the head's terms, the split dot products, chunk sums.
-  const at::Tensor scratch = at::empty({wt_total + 3 * n * mlp.act + dots + 2 * grid::kSumChunks}, opts);
-  f.wt = scratch.data_ptr<T>();
-  f.partials = f.wt + wt_total;
+  const int64_t dots = n * mlp.widths.back() * grid::kDotSplit;
+  // One allocation for the scratch: the head's terms, the split dot products, chunk sums.
+  const at::Tensor scratch = at::empty({3 * n * mlp.act + dots + 2 * grid::kSumChunks}, opts);
+  f.partials = scratch.data_ptr<T>();
   f.dots = f.partials + 3 * n * mlp.act;
   f.sums = f.dots + dots;
   f.lr = static_cast<T>(cfg.lr);
@@ -120,21 +130,16 @@ void forward_typed(const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& syn
   f.t0 = static_cast<int>(t0);
   f.t1 = static_cast<int>(t1);
   f.last_update = last_update;
-  const int tile = tile_size();
   if (syn_obs.is_cuda()) {
 #ifdef OBD_FAST_WITH_CUDA
-    cuda::grid_forward(f, tile, grid_blocks(), syn_obs.device());
+    cuda::grid_forward(f, grid_blocks(), syn_obs.device());
     return;
 #else
     TORCH_CHECK(false, "obd_fast was built without CUDA support; rebuild with a CUDA build of torch and nvcc");
 #endif
   }
-  SerialExec ex;
-  if (tile == 2) {
-    grid::forward_steps<T, 2, 2>(ex, f);
-  } else {
-    grid::forward_steps<T, 4, 4>(ex, f);
-  }
+  auto ex = std::make_unique<SerialExec>();
+  grid::forward_steps<T>(*ex, f);
 }
 
 template <typename T>
@@ -163,16 +168,13 @@ void reverse_typed(const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& syn
     tangent_total += n * mlp.widths[l + 1];
   }
   const auto opts = syn_obs.options();
-  const int64_t wt_total = std::max(r.net.wt_total, 1), dots = n * mlp.widths.back() * grid::kDotSplit;
-  // One allocation for the scratch: u_alt, W^T, U^T, tangents, Q, the head's terms, the split
-  // dot products, chunk sums.
-  const at::Tensor scratch = at::empty(
-      {mlp.num_params + 2 * wt_total + 2 * tangent_total + 2 * n * mlp.act + dots + 2 * grid::kSumChunks}, opts);
-  T* s = scratch.data_ptr<T>();
-  r.u_alt = s;
-  r.wt = s + mlp.num_params;
-  r.ut = r.wt + wt_total;
-  r.tangent = r.ut + wt_total;
+  const int64_t dots = n * mlp.widths.back() * grid::kDotSplit;
+  // One allocation for the scratch: u_alt, tangents, Q, the head's terms, the split dot
+  // products, chunk sums.
+  const at::Tensor scratch =
+      at::empty({mlp.num_params + 2 * tangent_total + 2 * n * mlp.act + dots + 2 * grid::kSumChunks}, opts);
+  r.u_alt = scratch.data_ptr<T>();
+  r.tangent = r.u_alt + mlp.num_params;
   r.q = r.tangent + tangent_total;
   r.partials = r.q + tangent_total;
   r.dots = r.partials + 2 * n * mlp.act;
@@ -182,21 +184,16 @@ void reverse_typed(const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& syn
   r.weight_decay = static_cast<T>(cfg.weight_decay);
   r.t0 = static_cast<int>(t0);
   r.t1 = static_cast<int>(t1);
-  const int tile = tile_size();
   if (syn_obs.is_cuda()) {
 #ifdef OBD_FAST_WITH_CUDA
-    cuda::grid_reverse(r, tile, grid_blocks(), syn_obs.device());
+    cuda::grid_reverse(r, grid_blocks(), syn_obs.device());
     return;
 #else
     TORCH_CHECK(false, "obd_fast was built without CUDA support; rebuild with a CUDA build of torch and nvcc");
 #endif
   }
-  SerialExec ex;
-  if (tile == 2) {
-    grid::reverse_steps<T, 2, 2>(ex, r);
-  } else {
-    grid::reverse_steps<T, 4, 4>(ex, r);
-  }
+  auto ex = std::make_unique<SerialExec>();
+  grid::reverse_steps<T>(*ex, r);
 }
 
 }  // namespace

@@ -12,8 +12,8 @@ namespace obd_fast {
 //   auto (default): the grid program for CUDA tensors with native products, ATen otherwise;
 //   grid: the grid program wherever it applies (on the CPU: the serial executor, slow);
 //   library: the ATen path (cuBLAS products) everywhere.
-// The grid program does float32/float64 products on CUDA cores, so it never runs with bf16
-// products or compact records, and under precision="tf32" it ignores the TF32 setting.
+// The grid program does float32/float64 products on the CUDA cores: it never runs with bf16
+// products or compact records, and precision="tf32" (a cuBLAS setting) does not change it.
 bool use_grid_program(const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& like, int64_t n);
 
 // run_segment of unroll.cpp: steps t0 .. t1-1 from thetas[0], filling thetas[1..] and the

@@ -1,10 +1,12 @@
 """CUDA-graph capture of a whole fused meta-gradient step.
 
-On a GPU the fused step is thousands of small kernels; launching them from the host costs more
-than running them. :class:`MetaGradientGraph` captures one call of the fused op for fixed shapes
-into a CUDA graph and replays it every outer step: the caller writes new inputs into the static
-buffers (or passes them to ``__call__``, which copies) and gets the outputs, which live in the
-graph's memory and are overwritten by the next replay.
+On a GPU the fused step is a few cooperative kernels (the grid program) plus the outer loss's
+small kernels, or thousands of small kernels on the ATen path (bf16); launching them from the
+host costs more than running the small ones. :class:`MetaGradientGraph` captures one call of the
+fused op for fixed shapes into a CUDA graph (the step kernel chosen by ``OBD_FAST_STEP_KERNEL``
+at capture time stays in it) and replays it every outer step: the caller writes new inputs into
+the static buffers (or passes them to ``__call__``, which copies) and gets the outputs, which
+live in the graph's memory and are overwritten by the next replay.
 """
 from __future__ import annotations
 

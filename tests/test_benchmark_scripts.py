@@ -1,6 +1,7 @@
 """benchmarks/cpu_paired.py on a tiny case: it runs every variant each round and writes its report."""
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -33,3 +34,18 @@ def test_cpu_paired_writes_a_report(tmp_path):
     assert table.count("| hopper T=3 |") == 1
     pytest.importorskip("matplotlib")
     assert (tmp_path / "cpu_paired.png").stat().st_size > 0
+
+
+def test_gpu_benchmark_chart_redraws_from_a_saved_run(tmp_path):
+    # The GPU benchmark needs a GPU; its chart does not: redraw it from the committed H100 run.
+    import shutil
+
+    from benchmarks import gpu_meta_gradient
+
+    saved = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "results", "gpu_h100_2026-11-27_grid.json")
+    copy = tmp_path / "run.json"
+    shutil.copy(saved, copy)
+    gpu_meta_gradient.main(["--replot", str(copy)])
+    assert (tmp_path / "run.png").stat().st_size > 10_000
+    info = json.loads(copy.read_text())
+    assert {key for key, _ in gpu_meta_gradient.CHART} <= set(info["results"][0])

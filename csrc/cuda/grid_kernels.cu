@@ -12,7 +12,7 @@ namespace {
 
 namespace cg = cooperative_groups;
 
-constexpr int kBlock = 256;
+constexpr int kBlock = grid::kBlockThreads;
 
 __device__ __forceinline__ unsigned long long global_ns() {
   unsigned long long t;
@@ -20,40 +20,69 @@ __device__ __forceinline__ unsigned long long global_ns() {
   return t;
 }
 
-// Items go to threads warp by warp, and consecutive warps of items to different blocks, so a
-// phase with fewer items than threads still spreads over every multiprocessor.
+// A thread block's side of a block item (grid/program.h's Block).
+struct GpuBlock {
+  unsigned char* buf;  // the block's shared memory
+  template <typename V>
+  struct Local {
+    V v;
+    __device__ V& operator()(int) { return v; }
+  };
+  template <typename F>
+  __device__ void threads(F&& f) {
+    f(static_cast<int>(threadIdx.x));
+  }
+  __device__ void sync() { __syncthreads(); }
+  template <typename T>
+  __device__ T* smem() {
+    return reinterpret_cast<T*>(buf);
+  }
+};
+
+// Block items go to blocks in turn; thread items go to threads warp by warp, consecutive warps
+// of items to different blocks (starting after the blocks busy with block items), so a phase
+// with fewer items than threads still spreads over every multiprocessor.
 struct GridExec {
+  using Block = GpuBlock;
   cg::grid_group grid;
-  int first, stride;
+  Block block;
+  int warp, lane, stride;
   unsigned long long* profile;  // thread 0 of block 0 stamps the start and the end of each phase
   int stamps = 0;
 
-  __device__ explicit GridExec(unsigned long long* profile_) : grid(cg::this_grid()), profile(profile_) {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    first = (warp * gridDim.x + blockIdx.x) * 32 + lane;
+  __device__ GridExec(unsigned char* smem, unsigned long long* profile_)
+      : grid(cg::this_grid()), block{smem}, profile(profile_) {
+    warp = threadIdx.x / 32;
+    lane = threadIdx.x % 32;
     stride = gridDim.x * blockDim.x;
     profile = blockIdx.x == 0 && threadIdx.x == 0 ? profile : nullptr;
     if (profile != nullptr) profile[stamps++] = global_ns();
   }
 
-  template <typename F>
-  __device__ void phase(int items, F&& item) {
-    for (int w = first; w < items; w += stride) item(w);
+  template <typename BlockItem, typename Item>
+  __device__ void phase(int blocks, BlockItem&& block_item, int items, Item&& item) {
+    for (int b = blockIdx.x; b < blocks; b += gridDim.x) block_item(block, b);
+    if (items > 0) {
+      const int rotated = (blockIdx.x + gridDim.x - blocks % gridDim.x) % gridDim.x;
+      for (int w = (warp * gridDim.x + rotated) * 32 + lane; w < items; w += stride) item(w);
+    }
     grid.sync();  // also makes this phase's writes visible to every thread
     if (profile != nullptr) profile[stamps++] = global_ns();
   }
 };
 
-template <typename T, int TILE>
+template <typename T>
 __global__ void __launch_bounds__(kBlock) grid_forward_kernel(const grid::ForwardArgs<T> args) {
-  GridExec ex(args.profile);
-  grid::forward_steps<T, TILE, TILE>(ex, args);
+  __shared__ alignas(16) unsigned char smem[grid::kSmemFloats * sizeof(T)];
+  GridExec ex(smem, args.profile);
+  grid::forward_steps<T>(ex, args);
 }
 
-template <typename T, int TILE>
+template <typename T>
 __global__ void __launch_bounds__(kBlock) grid_reverse_kernel(const grid::ReverseArgs<T> args) {
-  GridExec ex(args.profile);
-  grid::reverse_steps<T, TILE, TILE>(ex, args);
+  __shared__ alignas(16) unsigned char smem[grid::kSmemFloats * sizeof(T)];
+  GridExec ex(smem, args.profile);
+  grid::reverse_steps<T>(ex, args);
 }
 
 // A cooperative launch of kernel with one argument; blocks capped by what can be co-resident.
@@ -74,25 +103,21 @@ cudaError_t launch_cooperative(const void* kernel, const Args& args, int blocks,
 }  // namespace
 
 template <typename T>
-cudaError_t launch_grid_forward(const grid::ForwardArgs<T>& args, int tile, int blocks, cudaStream_t stream) {
+cudaError_t launch_grid_forward(const grid::ForwardArgs<T>& args, int blocks, cudaStream_t stream) {
   if (args.t1 <= args.t0) return cudaSuccess;
-  const void* kernel = tile == 2 ? reinterpret_cast<const void*>(&grid_forward_kernel<T, 2>)
-                                 : reinterpret_cast<const void*>(&grid_forward_kernel<T, 4>);
-  return launch_cooperative(kernel, args, blocks, stream);
+  return launch_cooperative(reinterpret_cast<const void*>(&grid_forward_kernel<T>), args, blocks, stream);
 }
 
 template <typename T>
-cudaError_t launch_grid_reverse(const grid::ReverseArgs<T>& args, int tile, int blocks, cudaStream_t stream) {
+cudaError_t launch_grid_reverse(const grid::ReverseArgs<T>& args, int blocks, cudaStream_t stream) {
   if (args.t1 <= args.t0) return cudaSuccess;
-  const void* kernel = tile == 2 ? reinterpret_cast<const void*>(&grid_reverse_kernel<T, 2>)
-                                 : reinterpret_cast<const void*>(&grid_reverse_kernel<T, 4>);
-  return launch_cooperative(kernel, args, blocks, stream);
+  return launch_cooperative(reinterpret_cast<const void*>(&grid_reverse_kernel<T>), args, blocks, stream);
 }
 
-template cudaError_t launch_grid_forward<float>(const grid::ForwardArgs<float>&, int, int, cudaStream_t);
-template cudaError_t launch_grid_forward<double>(const grid::ForwardArgs<double>&, int, int, cudaStream_t);
-template cudaError_t launch_grid_reverse<float>(const grid::ReverseArgs<float>&, int, int, cudaStream_t);
-template cudaError_t launch_grid_reverse<double>(const grid::ReverseArgs<double>&, int, int, cudaStream_t);
+template cudaError_t launch_grid_forward<float>(const grid::ForwardArgs<float>&, int, cudaStream_t);
+template cudaError_t launch_grid_forward<double>(const grid::ForwardArgs<double>&, int, cudaStream_t);
+template cudaError_t launch_grid_reverse<float>(const grid::ReverseArgs<float>&, int, cudaStream_t);
+template cudaError_t launch_grid_reverse<double>(const grid::ReverseArgs<double>&, int, cudaStream_t);
 
 }  // namespace cuda_kernels
 }  // namespace obd_fast

@@ -1,14 +1,15 @@
 // The grid program: whole inner steps of the unroll (forward: loss gradient + SGD; reverse:
-// Hessian-vector product + adjoint update) as a short sequence of phases, each a set of
-// independent work items, separated by grid-wide barriers. On CUDA one cooperative kernel runs
-// a whole segment of steps (csrc/cuda/grid_kernels.cu), so a step costs 2L + 1 barriers instead
-// of ~100 kernel launches; on the CPU a serial executor runs the same code (grid_cpu.cpp), which is
-// how the CPU tests check every index of it.
+// Hessian-vector product + adjoint update) as a short sequence of phases separated by grid-wide
+// barriers. On CUDA one cooperative kernel runs a whole segment of steps
+// (csrc/cuda/grid_kernels.cu), so a step costs 2L + 1 barriers instead of ~100 kernel launches;
+// on the CPU a serial executor runs the same code (grid_step.cpp), which is how the CPU tests
+// check every index of it.
 //
+// A phase has block items (a thread block computes one 32 x 32 tile of a matrix product,
+// staging operand slices in shared memory) and thread items (elementwise work, small sums).
 // The rules that make the two executors agree: an item writes only memory no other item of its
-// phase reads or writes, and reads only what earlier phases (or itself) wrote. Matrix products
-// are register tiles (TM x TN outputs per item, no shared memory) laid out so the 32 items of a
-// warp read consecutive addresses of the operand that varies along their columns.
+// phase reads or writes, and reads only what earlier phases (or itself) wrote; inside a block
+// item, threads meet only at the block's barriers (Block::sync).
 //
 // The math is mlp.cpp's loss_grad / hessian_vector and head_math.h's element functions; the
 // record layout is record_views' (non-compact), so tapes are interchangeable with the ATen path.
@@ -24,7 +25,7 @@ constexpr int kMaxLayers = 8;
 // A dot product of the last layer is split over kDotSplit items (each a strided slice of k),
 // and a sum over the head's n * act terms over kSumChunks items: one item walking all of k or
 // all terms was a chain of dependent loads far longer than the rest of its phase.
-constexpr int kDotSplit = 8;
+constexpr int kDotSplit = 16;
 constexpr int kSumChunks = 32;
 
 // Phases per inner step: forward and reverse each have L - 1 hidden layers, the last layer's
@@ -46,9 +47,6 @@ struct Net {
   int head_off = 0, P = 0, act = 0;
   bool gaussian = false;
   double max_action = 1.0;
-  // Offsets of W_l^T (l = 1 .. L-2, the hidden-to-hidden layers) in the transposed scratch.
-  int wt_off[kMaxLayers] = {};
-  int wt_total = 0;
 };
 
 // Offsets (elements) of one step's record: act_l (l = 0 .. L-2), dloss/dz_l (l = 0 .. L-1), z_out.
@@ -68,7 +66,6 @@ struct ForwardArgs {
   T* records = nullptr;          // slot k at records + k * rec_stride (rec_stride 0: one slot)
   long long rec_stride = 0;
   T* buf = nullptr;              // momentum buffer or null
-  T* wt = nullptr;               // scratch: net.wt_total
   T* partials = nullptr;         // scratch: 3 * n * act
   T* dots = nullptr;             // scratch: n * out * kDotSplit (split dot products of the last layer)
   T* sums = nullptr;             // scratch: 2 * kSumChunks (chunk sums of the head's partial terms)
@@ -94,8 +91,6 @@ struct ReverseArgs {
   T* u_alt = nullptr;            // scratch: P (u is double-buffered within the kernel)
   T* d_obs = nullptr;            // (n, obs_dim) +=
   T* d_target = nullptr;         // (n, act) +=
-  T* wt = nullptr;               // scratch: W^T of the hidden-to-hidden layers
-  T* ut = nullptr;               // scratch: U^T of the same layers
   T* tangent = nullptr;          // scratch: Adot_l / Zdot_out, at tan_off[l]
   T* q = nullptr;                // scratch: Q_l, at tan_off[l]
   T* partials = nullptr;         // scratch: 2 * n * act
@@ -108,67 +103,124 @@ struct ReverseArgs {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Register tiles of a product C (M x N) = sum over k of A(i, k) B(k, j).
+// Block tiles of a product C (M x N) = sum over k of A(i, k) B(k, j).
 //
-// 32 consecutive items form a warp tile of (32 / lw) * TM rows by lw * TN columns; item lane
-// (r, c) = (lane / lw, lane % lw) owns rows i0 + r + (32 / lw) * a and columns j0 + c + lw * b.
-// Interleaving puts the lanes' columns side by side, so a warp's load of B(k, .) is one
-// contiguous run when B's column stride is 1. lw shrinks for narrow outputs (obs_dim columns).
-template <int TM, int TN>
-struct Tiling {
-  int M = 0, N = 0, lw = 32, wc = 1, items = 0;
-  OBD_HD Tiling(int M_, int N_) : M(M_), N(N_) {
-    const int col_tiles = (N + TN - 1) / TN;
-    lw = 1;
-    while (lw < 32 && lw < col_tiles) lw *= 2;
-    const int rows_per_warp = (32 / lw) * TM, cols_per_warp = lw * TN;
-    wc = (N + cols_per_warp - 1) / cols_per_warp;
-    const int wr = (M + rows_per_warp - 1) / rows_per_warp;
-    items = M > 0 && N > 0 ? wr * wc * 32 : 0;
-  }
-  // Rows and columns of item w; false if the item owns no element.
-  OBD_HD bool locate(int w, int (&rows)[TM], int (&cols)[TN]) const {
-    const int warp = w / 32, lane = w % 32, lr = 32 / lw;
-    const int i0 = (warp / wc) * lr * TM + lane / lw, j0 = (warp % wc) * lw * TN + lane % lw;
-    if (i0 >= M || j0 >= N) return false;
-    for (int a = 0; a < TM; ++a) rows[a] = i0 + lr * a;
-    for (int b = 0; b < TN; ++b) cols[b] = j0 + lw * b;
-    return true;
-  }
-  OBD_HD bool row_ok(int i) const { return i < M; }
-  OBD_HD bool col_ok(int j) const { return j < N; }
+// A block of kBlockThreads threads owns a kTile x kTile tile of C; thread t owns the 2 x 2
+// outputs (r + 16 a, c + 16 b) with (r, c) = (t / 16, t % 16). Operand slices of kSlice k's
+// go through shared memory, read from global memory along whichever index is contiguous, and
+// the next slice is loaded into registers while the current one is multiplied.
+//
+// Block is the executor's view of one block: Block::threads(f) runs f(t) for each thread t (on
+// the GPU: f(threadIdx.x)), Block::sync() is the block barrier, Block::Local<V> is one V per
+// thread, Block::smem<T>() the block's shared buffer of kSmemFloats T.
+constexpr int kBlockThreads = 256;
+constexpr int kTile = 32;
+constexpr int kSlice = 64;
+constexpr int kLoads = kTile * kSlice / kBlockThreads;  // elements of each operand per thread
+constexpr int kSmemFloats = 2 * kSlice * (kTile + 1);
+
+template <typename T>
+struct Acc {
+  T v[2][2];
 };
 
-// Sums over k are taken in chunks of kChunk, each chunk's sum then added to the total, as BLAS
-// does: at the paper setting (seed 2, no ReLU flips) that halves the float32 meta-gradient's
-// error against float64 compared with one running sum (3.0e-6 -> 1.5e-6).
-constexpr int kChunk = 16;
+template <typename T>
+struct SliceRegs {
+  T a[kLoads], b[kLoads];
+};
 
-// acc[a][b] += sum_k A(rows[a], k) B(k, cols[b]); rows and columns past the end are clamped
-// (read, never written).
-template <typename T, int TM, int TN>
-OBD_HD void tile_mac(T (&acc)[TM][TN], const Mat<T>& A, const Mat<T>& B, const int (&rows)[TM], const int (&cols)[TN],
-                     int M, int N, int K) {
-  const T* ap[TM];
-  const T* bp[TN];
-  for (int a = 0; a < TM; ++a) ap[a] = A.p + static_cast<long long>(rows[a] < M ? rows[a] : M - 1) * A.rs;
-  for (int b = 0; b < TN; ++b) bp[b] = B.p + static_cast<long long>(cols[b] < N ? cols[b] : N - 1) * B.cs;
-  for (int k0 = 0; k0 < K; k0 += kChunk) {
-    const int k1 = k0 + kChunk < K ? k0 + kChunk : K;
-    T part[TM][TN] = {};
-#if defined(__CUDA_ARCH__)
-#pragma unroll 8
-#endif
-    for (int k = k0; k < k1; ++k) {
-      T av[TM], bv[TN];
-      for (int a = 0; a < TM; ++a) av[a] = ap[a][static_cast<long long>(k) * A.cs];
-      for (int b = 0; b < TN; ++b) bv[b] = bp[b][static_cast<long long>(k) * B.rs];
-      for (int a = 0; a < TM; ++a)
-        for (int b = 0; b < TN; ++b) part[a][b] += av[a] * bv[b];
-    }
-    for (int a = 0; a < TM; ++a)
-      for (int b = 0; b < TN; ++b) acc[a][b] += part[a][b];
+// Tiles of an M x N product: tiles_of(M, N) block items, item b at tile (b / cols, b % cols).
+struct Tiles {
+  int M, N, cols, count;
+  OBD_HD Tiles(int M_, int N_) : M(M_), N(N_), cols((N_ + kTile - 1) / kTile), count(0) {
+    count = M > 0 && N > 0 ? ((M + kTile - 1) / kTile) * cols : 0;
   }
+};
+
+// Element e (of kTile * kSlice) of an operand slice: (tile index, k index) so that consecutive e
+// walk the operand's contiguous index.
+OBD_HD void slice_pos(int e, bool k_fastest, int& x, int& k) {
+  if (k_fastest) {
+    x = e / kSlice;
+    k = e % kSlice;
+  } else {
+    x = e % kTile;
+    k = e / kTile;
+  }
+}
+
+// acc(t) += the tile (i0, j0) of A B, K terms (A: M x K, B: K x N; outside them: zeros).
+template <typename T, typename Block>
+OBD_HD void block_mac(Block& bx, typename Block::template Local<Acc<T>>& acc, const Mat<T>& A, const Mat<T>& B, int i0,
+                      int j0, int M, int N, int K) {
+  T* As = bx.template smem<T>();          // [kSlice][kTile + 1], k-major
+  T* Bs = As + kSlice * (kTile + 1);      // [kSlice][kTile + 1]
+  const bool a_k_fastest = A.cs == 1, b_k_fastest = B.rs == 1;
+  typename Block::template Local<SliceRegs<T>> regs;
+  auto load = [&](int k0) {
+    bx.threads([&](int t) {
+      for (int q = 0; q < kLoads; ++q) {
+        int x, k;
+        slice_pos(t + q * kBlockThreads, a_k_fastest, x, k);
+        const int i = i0 + x, kk = k0 + k;
+        regs(t).a[q] = i < M && kk < K ? A.p[static_cast<long long>(i) * A.rs + static_cast<long long>(kk) * A.cs] : T(0);
+        slice_pos(t + q * kBlockThreads, b_k_fastest, x, k);
+        const int j = j0 + x, kb = k0 + k;
+        regs(t).b[q] = j < N && kb < K ? B.p[static_cast<long long>(kb) * B.rs + static_cast<long long>(j) * B.cs] : T(0);
+      }
+    });
+  };
+  load(0);
+  for (int k0 = 0; k0 < K; k0 += kSlice) {
+    bx.threads([&](int t) {
+      for (int q = 0; q < kLoads; ++q) {
+        int x, k;
+        slice_pos(t + q * kBlockThreads, a_k_fastest, x, k);
+        As[k * (kTile + 1) + x] = regs(t).a[q];
+        slice_pos(t + q * kBlockThreads, b_k_fastest, x, k);
+        Bs[k * (kTile + 1) + x] = regs(t).b[q];
+      }
+    });
+    bx.sync();
+    if (k0 + kSlice < K) load(k0 + kSlice);  // in flight while this slice is multiplied
+    bx.threads([&](int t) {
+      const int r = t / 16, c = t % 16;
+      // Each slice's sum is added to the total on its own (blockwise, as BLAS sums).
+      T part[2][2] = {{T(0), T(0)}, {T(0), T(0)}};
+      for (int k = 0; k < kSlice; ++k) {
+        const T a0 = As[k * (kTile + 1) + r], a1 = As[k * (kTile + 1) + r + 16];
+        const T b0 = Bs[k * (kTile + 1) + c], b1 = Bs[k * (kTile + 1) + c + 16];
+        part[0][0] += a0 * b0;
+        part[0][1] += a0 * b1;
+        part[1][0] += a1 * b0;
+        part[1][1] += a1 * b1;
+      }
+      for (int a = 0; a < 2; ++a)
+        for (int b = 0; b < 2; ++b) acc(t).v[a][b] += part[a][b];
+    });
+    bx.sync();
+  }
+}
+
+template <typename T, typename Block>
+OBD_HD void block_zero(Block& bx, typename Block::template Local<Acc<T>>& acc) {
+  bx.threads([&](int t) {
+    for (int a = 0; a < 2; ++a)
+      for (int b = 0; b < 2; ++b) acc(t).v[a][b] = T(0);
+  });
+}
+
+// Calls out(i, j, value) for each output of the tile (i0, j0) inside M x N.
+template <typename T, typename Block, typename Out>
+OBD_HD void block_store(Block& bx, typename Block::template Local<Acc<T>>& acc, int i0, int j0, int M, int N, Out&& out) {
+  bx.threads([&](int t) {
+    const int r = t / 16, c = t % 16;
+    for (int a = 0; a < 2; ++a)
+      for (int b = 0; b < 2; ++b) {
+        const int i = i0 + r + 16 * a, j = j0 + c + 16 * b;
+        if (i < M && j < N) out(i, j, acc(t).v[a][b]);
+      }
+  });
 }
 
 // sum over r of x[r * stride] for r < count, in 8 interleaved partial sums (independent loads
@@ -202,12 +254,6 @@ OBD_HD T dot_slice(const T* x, const T* y, int K, int part) {
   return s0 + s1;
 }
 
-template <typename T, int TM, int TN>
-OBD_HD void zero(T (&acc)[TM][TN]) {
-  for (int a = 0; a < TM; ++a)
-    for (int b = 0; b < TN; ++b) acc[a][b] = T(0);
-}
-
 // One SGD step of element k (head_math.h's sgd_update), the gradient given as a value.
 template <typename T>
 OBD_HD void sgd_at(const ForwardArgs<T>& f, const T* theta, T* theta_next, int k, T g) {
@@ -238,28 +284,35 @@ OBD_HD head::HeadArgs<T> head_args(const Net& net, int n, const T* z, const T* t
   return h;
 }
 
-// Transposes of the hidden-to-hidden weights of x (theta or a direction) into xt: item w is one
-// element. Returns the number of items; with w >= 0 does item w.
-template <typename T>
-OBD_HD int transpose_items(const Net& net, const T* x, T* xt, int w) {
-  int base = 0;
-  for (int l = 1; l <= net.L - 2; ++l) {
-    const int out = net.widths[l + 1], in = net.widths[l], size = out * in;
-    if (w >= base && w < base + size) {
-      const int e = w - base, o = e / in, i = e % in;  // consecutive items read consecutive W(o, i)
-      xt[net.wt_off[l] + i * out + o] = x[net.w_off[l] + e];
-      return 0;
-    }
-    base += size;
-  }
-  return base;
+// Phases without thread items or without block items.
+struct NoBlocks {
+  template <typename Block>
+  OBD_HD void operator()(Block&, int) const {}
+};
+struct NoItems {
+  OBD_HD void operator()(int) const {}
+};
+
+template <typename Exec, typename BlockItem>
+OBD_HD void block_phase(Exec& ex, int blocks, BlockItem&& block_item) {
+  ex.phase(blocks, block_item, 0, NoItems{});
+}
+
+template <typename Exec, typename Item>
+OBD_HD void item_phase(Exec& ex, int items, Item&& item) {
+  ex.phase(0, NoBlocks{}, items, item);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Forward: steps t0 .. t1-1 (mlp.cpp's loss_grad, then the SGD step fused into the gradients'
 // epilogues). phases_per_step(L) phases per step.
-template <typename T, int TM, int TN, typename Exec>
+//
+// Exec::phase(block_items, block_item(Block&, b), items, item(w)) runs one phase;
+// Exec::phase(items, item(w)) one without block items.
+template <typename T, typename Exec>
 OBD_HD void forward_steps(Exec& ex, const ForwardArgs<T>& f) {
+  using Block = typename Exec::Block;
+  using AccT = typename Block::template Local<Acc<T>>;
   const Net& net = f.net;
   const int L = net.L, n = f.n, act = net.act, out_w = net.widths[L];
   for (int t = f.t0; t < f.t1; ++t) {
@@ -271,33 +324,22 @@ OBD_HD void forward_steps(Exec& ex, const ForwardArgs<T>& f) {
     const bool update = f.last_update || t + 1 < f.t1;
     auto input = [&](int l) -> const T* { return l == 0 ? f.obs : rec + f.rec.act[l - 1]; };
 
-    // Hidden layers: A_l = relu(A_{l-1} W_l^T + b_l). Phase 0 also transposes the weights the
-    // later layers read (W^T makes their warp loads contiguous).
+    // Hidden layers: A_l = relu(A_{l-1} W_l^T + b_l).
     for (int l = 0; l <= L - 2; ++l) {
       const int in_w = net.widths[l], w = net.widths[l + 1];
-      const Tiling<TM, TN> tl(n, w);
-      const int extra = l == 0 ? transpose_items(net, theta, f.wt, -1) : 0;
-      // B(k, j) = W_l(j, k): theta directly for layer 0 (few columns), W^T after.
-      const Mat<T> A{input(l), in_w, 1};
-      const Mat<T> B = l == 0 ? Mat<T>{theta + net.w_off[0], 1, in_w} : Mat<T>{f.wt + net.wt_off[l], w, 1};
+      const Tiles tiles(n, w);
+      const Mat<T> X{input(l), in_w, 1}, Wt{theta + net.w_off[l], 1, in_w};  // Wt(k, j) = W_l(j, k)
       const T* bias = theta + net.b_off[l];
       T* y = rec + f.rec.act[l];
-      ex.phase(tl.items + extra, [&](int item) {
-        if (item >= tl.items) {
-          transpose_items(net, theta, f.wt, item - tl.items);
-          return;
-        }
-        int rows[TM], cols[TN];
-        if (!tl.locate(item, rows, cols)) return;
-        T acc[TM][TN];
-        zero(acc);
-        tile_mac(acc, A, B, rows, cols, n, w, in_w);
-        for (int a = 0; a < TM; ++a)
-          for (int b = 0; b < TN; ++b)
-            if (tl.row_ok(rows[a]) && tl.col_ok(cols[b])) {
-              const T v = acc[a][b] + bias[cols[b]];
-              y[rows[a] * w + cols[b]] = v > T(0) ? v : T(0);
-            }
+      block_phase(ex, tiles.count, [&](Block& bx, int b) {
+        const int i0 = b / tiles.cols * kTile, j0 = b % tiles.cols * kTile;
+        AccT acc;
+        block_zero<T>(bx, acc);
+        block_mac<T>(bx, acc, X, Wt, i0, j0, n, w, in_w);
+        block_store<T>(bx, acc, i0, j0, n, w, [&](int i, int j, T v) {
+          v += bias[j];
+          y[i * w + j] = v > T(0) ? v : T(0);
+        });
       });
     }
 
@@ -306,7 +348,7 @@ OBD_HD void forward_steps(Exec& ex, const ForwardArgs<T>& f) {
     const T* x_out = input(l_out);
     const T* w_out = theta + net.w_off[l_out];
     const int z_cols = net.gaussian ? 2 * act : act;  // columns the head reads
-    ex.phase(n * z_cols * kDotSplit, [&](int item) {
+    item_phase(ex, n * z_cols * kDotSplit, [&](int item) {
       const int part = item % kDotSplit, e = item / kDotSplit, i = e / z_cols, jj = e % z_cols;
       f.dots[item] = dot_slice(x_out + static_cast<long long>(i) * k_out, w_out + static_cast<long long>(jj) * k_out,
                                k_out, part);
@@ -319,7 +361,7 @@ OBD_HD void forward_steps(Exec& ex, const ForwardArgs<T>& f) {
       T* z = rec + f.rec.z_out;
       const head::HeadArgs<T> h = head_args(net, n, z, f.target, noise, theta);
       const head::GradOut<T> o{rec + f.rec.grad[l_out], f.partials, nullptr, nullptr};
-      ex.phase(n * act, [&](int item) {
+      item_phase(ex, n * act, [&](int item) {
         const int i = item / act, j = item % act;
         for (int jj = j; jj < z_cols; jj += act) {
           const T* d = f.dots + static_cast<long long>(i * z_cols + jj) * kDotSplit;
@@ -329,65 +371,68 @@ OBD_HD void forward_steps(Exec& ex, const ForwardArgs<T>& f) {
       });
     }
 
-    // Backward, layer L-1 .. 0: weight and bias gradients (SGD in their epilogue) and
-    // P_{l-1} = mask_{l-1} * (P_l W_l).
+    // Backward, layer L-1 .. 0: weight gradients P_l^T A_{l-1} and P_{l-1} = mask_{l-1} * (P_l W_l)
+    // as block tiles; bias gradients (column sums of P_l) and the (m, o) sums as thread items;
+    // SGD in the epilogue of each gradient.
     for (int l = L - 1; l >= 0; --l) {
       const int in_w = net.widths[l], w = net.widths[l + 1];
       const T* P = rec + f.rec.grad[l];
-      const Tiling<TM, TN> tw(w, in_w), tp(n, in_w);
-      const int n_w = update ? tw.items : 0, n_b = update ? w : 0;
-      // (m, o): chunk sums of the head's terms at layer L-1, their total (and SGD) at L-2.
-      const bool scalars = update && net.gaussian;
-      const int n_s = scalars && l == L - 1 ? kSumChunks : (scalars && l == L - 2 ? 1 : 0);
-      const int n_p = l > 0 ? tp.items : 0;
+      const Tiles tw(update ? w : 0, in_w), tp(l > 0 ? n : 0, in_w);
       const Mat<T> Pt{P, 1, w}, X{input(l), in_w, 1};  // P^T (w x n), A_{l-1} (n x in_w)
       const Mat<T> Pm{P, w, 1}, Wm{theta + net.w_off[l], in_w, 1};
       T* p_prev = l > 0 ? rec + f.rec.grad[l - 1] : nullptr;
       const T* mask = l > 0 ? rec + f.rec.act[l - 1] : nullptr;
-      ex.phase(n_w + n_b + n_s + n_p, [&](int item) {
-        int rows[TM], cols[TN];
-        T acc[TM][TN];
-        if (item < n_w) {  // dW_l = P_l^T A_{l-1}
-          if (!tw.locate(item, rows, cols)) return;
-          zero(acc);
-          tile_mac(acc, Pt, X, rows, cols, w, in_w, n);
-          for (int a = 0; a < TM; ++a)
-            for (int b = 0; b < TN; ++b)
-              if (tw.row_ok(rows[a]) && tw.col_ok(cols[b]))
-                sgd_at(f, theta, theta_next, net.w_off[l] + rows[a] * in_w + cols[b], acc[a][b]);
-        } else if (item < n_w + n_b) {  // db_l = column sums of P_l
-          const int c = item - n_w;
-          sgd_at(f, theta, theta_next, net.b_off[l] + c, strided_sum(P + c, n, w));
-        } else if (item < n_w + n_b + n_s) {  // d(m, o) from the head's terms
-          const int total = n * act, chunk = item - n_w - n_b;
-          if (l == L - 1) {
-            for (int q = 0; q < 2; ++q)
-              f.sums[q * kSumChunks + chunk] = chunk_sum(f.partials + (q + 1) * total, total, chunk);
-          } else {
-            sgd_at(f, theta, theta_next, net.head_off, strided_sum(f.sums, kSumChunks, 1));
-            sgd_at(f, theta, theta_next, net.head_off + 1, strided_sum(f.sums + kSumChunks, kSumChunks, 1));
-          }
-        } else {  // P_{l-1} = mask * (P_l W_l)
-          if (!tp.locate(item - n_w - n_b - n_s, rows, cols)) return;
-          zero(acc);
-          tile_mac(acc, Pm, Wm, rows, cols, n, in_w, w);
-          for (int a = 0; a < TM; ++a)
-            for (int b = 0; b < TN; ++b)
-              if (tp.row_ok(rows[a]) && tp.col_ok(cols[b])) {
-                const int e = rows[a] * in_w + cols[b];
-                p_prev[e] = mask[e] > T(0) ? acc[a][b] : T(0);
-              }
-        }
-      });
+      const int n_b = update ? w : 0;
+      // (m, o): chunk sums of the head's terms at layer L-1, their total (and SGD) at L-2.
+      const bool scalars = update && net.gaussian;
+      const int n_s = scalars && l == L - 1 ? kSumChunks : (scalars && l == L - 2 ? 1 : 0);
+      ex.phase(
+          tw.count + tp.count,
+          [&](Block& bx, int b) {
+            AccT acc;
+            block_zero<T>(bx, acc);
+            if (b < tw.count) {  // dW_l = P_l^T A_{l-1}
+              const int i0 = b / tw.cols * kTile, j0 = b % tw.cols * kTile;
+              block_mac<T>(bx, acc, Pt, X, i0, j0, w, in_w, n);
+              block_store<T>(bx, acc, i0, j0, w, in_w, [&](int i, int j, T v) {
+                sgd_at(f, theta, theta_next, net.w_off[l] + i * in_w + j, v);
+              });
+            } else {  // P_{l-1} = mask * (P_l W_l)
+              const int bb = b - tw.count, i0 = bb / tp.cols * kTile, j0 = bb % tp.cols * kTile;
+              block_mac<T>(bx, acc, Pm, Wm, i0, j0, n, in_w, w);
+              block_store<T>(bx, acc, i0, j0, n, in_w, [&](int i, int j, T v) {
+                const int e = i * in_w + j;
+                p_prev[e] = mask[e] > T(0) ? v : T(0);
+              });
+            }
+          },
+          n_b + n_s,
+          [&](int item) {
+            if (item < n_b) {  // db_l = column sums of P_l
+              sgd_at(f, theta, theta_next, net.b_off[l] + item, strided_sum(P + item, n, w));
+              return;
+            }
+            const int total = n * act, chunk = item - n_b;
+            if (l == L - 1) {
+              for (int q = 0; q < 2; ++q)
+                f.sums[q * kSumChunks + chunk] = chunk_sum(f.partials + (q + 1) * total, total, chunk);
+            } else {
+              sgd_at(f, theta, theta_next, net.head_off, strided_sum(f.sums, kSumChunks, 1));
+              sgd_at(f, theta, theta_next, net.head_off + 1, strided_sum(f.sums + kSumChunks, kSumChunks, 1));
+            }
+          });
     }
   }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Reverse: steps t1-1 .. t0 (mlp.cpp's hessian_vector, with the adjoint step fused into the
-// epilogues of H u). phases_per_step(L) phases per step, plus one at the end when u ends in u_alt.
-template <typename T, int TM, int TN, typename Exec>
+// epilogues of H u). phases_per_step(L) phases per step, plus one at the end when u ends in
+// u_alt.
+template <typename T, typename Exec>
 OBD_HD void reverse_steps(Exec& ex, const ReverseArgs<T>& r) {
+  using Block = typename Exec::Block;
+  using AccT = typename Block::template Local<Acc<T>>;
   const Net& net = r.net;
   const int L = net.L, n = r.n, act = net.act, out_w = net.widths[L];
   T* u_cur = r.u;
@@ -404,37 +449,22 @@ OBD_HD void reverse_steps(Exec& ex, const ReverseArgs<T>& r) {
     // Tangent forward along u: Adot_l = mask_l * (A_{l-1} U_l^T + c_l + Adot_{l-1} W_l^T).
     for (int l = 0; l <= L - 2; ++l) {
       const int in_w = net.widths[l], w = net.widths[l + 1];
-      const Tiling<TM, TN> tl(n, w);
-      const int n_tr = l == 0 ? transpose_items(net, theta, r.wt, -1) : 0;
-      const Mat<T> A{input(l), in_w, 1};
-      const Mat<T> Bu = l == 0 ? Mat<T>{u + net.w_off[0], 1, in_w} : Mat<T>{r.ut + net.wt_off[l], w, 1};
-      const Mat<T> Ad{l > 0 ? r.tangent + r.tan_off[l - 1] : nullptr, in_w, 1};
-      const Mat<T> Bw{l > 0 ? r.wt + net.wt_off[l] : nullptr, w, 1};
+      const Tiles tiles(n, w);
+      const Mat<T> X{input(l), in_w, 1}, Ut{u + net.w_off[l], 1, in_w};
+      const Mat<T> Ad{l > 0 ? r.tangent + r.tan_off[l - 1] : nullptr, in_w, 1}, Wt{theta + net.w_off[l], 1, in_w};
       const T* c = u + net.b_off[l];
       const T* mask = rec + r.rec.act[l];
       T* y = r.tangent + r.tan_off[l];
-      ex.phase(tl.items + 2 * n_tr, [&](int item) {
-        if (item >= tl.items) {
-          const int e = item - tl.items;
-          if (e < n_tr) {
-            transpose_items(net, theta, r.wt, e);
-          } else {
-            transpose_items(net, u, r.ut, e - n_tr);
-          }
-          return;
-        }
-        int rows[TM], cols[TN];
-        if (!tl.locate(item, rows, cols)) return;
-        T acc[TM][TN];
-        zero(acc);
-        tile_mac(acc, A, Bu, rows, cols, n, w, in_w);
-        if (l > 0) tile_mac(acc, Ad, Bw, rows, cols, n, w, in_w);
-        for (int a = 0; a < TM; ++a)
-          for (int b = 0; b < TN; ++b)
-            if (tl.row_ok(rows[a]) && tl.col_ok(cols[b])) {
-              const int e = rows[a] * w + cols[b];
-              y[e] = mask[e] > T(0) ? acc[a][b] + c[cols[b]] : T(0);
-            }
+      block_phase(ex, tiles.count, [&](Block& bx, int b) {
+        const int i0 = b / tiles.cols * kTile, j0 = b % tiles.cols * kTile;
+        AccT acc;
+        block_zero<T>(bx, acc);
+        block_mac<T>(bx, acc, X, Ut, i0, j0, n, w, in_w);
+        if (l > 0) block_mac<T>(bx, acc, Ad, Wt, i0, j0, n, w, in_w);
+        block_store<T>(bx, acc, i0, j0, n, w, [&](int i, int j, T v) {
+          const int e = i * w + j;
+          y[e] = mask[e] > T(0) ? v + c[j] : T(0);
+        });
       });
     }
 
@@ -446,7 +476,7 @@ OBD_HD void reverse_steps(Exec& ex, const ReverseArgs<T>& r) {
     const T* w_out = theta + net.w_off[l_out];
     const T* u_w_out = u + net.w_off[l_out];
     const int z_cols = net.gaussian ? 2 * act : act;
-    ex.phase(n * z_cols * kDotSplit, [&](int item) {
+    item_phase(ex, n * z_cols * kDotSplit, [&](int item) {
       const int part = item % kDotSplit, e = item / kDotSplit, i = e / z_cols, jj = e % z_cols;
       const long long xi = static_cast<long long>(i) * k_out, wj = static_cast<long long>(jj) * k_out;
       r.dots[item] = dot_slice(x_out + xi, u_w_out + wj, k_out, part) + dot_slice(ad_out + xi, w_out + wj, k_out, part);
@@ -459,7 +489,7 @@ OBD_HD void reverse_steps(Exec& ex, const ReverseArgs<T>& r) {
       const head::HeadArgs<T> h = head_args(net, n, rec + r.rec.z_out, r.target, noise, theta);
       const head::HvpArgs<T> hv{zdot, net.gaussian ? u + net.head_off : nullptr};
       const head::HvpOut<T> o{r.q + r.tan_off[l_out], r.partials, r.d_target};
-      ex.phase(n * act, [&](int item) {
+      item_phase(ex, n * act, [&](int item) {
         const int i = item / act, j = item % act;
         for (int jj = j; jj < z_cols; jj += act) {
           const T* d = r.dots + static_cast<long long>(i * z_cols + jj) * kDotSplit;
@@ -470,68 +500,67 @@ OBD_HD void reverse_steps(Exec& ex, const ReverseArgs<T>& r) {
     }
 
     // Reverse over both streams, layer L-1 .. 0: (H u)_{W_l} = Q_l^T A_{l-1} + P_l^T Adot_{l-1}
-    // and (H u)_{b_l} = column sums of Q_l, each fed to the adjoint step;
-    // Q_{l-1} = mask_{l-1} * (Q_l W_l + P_l U_l); at the input d_obs += Q_0 W_0 + P_0 U_0.
+    // and Q_{l-1} = mask_{l-1} * (Q_l W_l + P_l U_l) (at the input d_obs += Q_0 W_0 + P_0 U_0) as
+    // block tiles; (H u)_{b_l} = column sums of Q_l and the (m, o) sums as thread items; the
+    // adjoint step in the epilogue of each entry of H u.
     for (int l = L - 1; l >= 0; --l) {
       const int in_w = net.widths[l], w = net.widths[l + 1];
       const T* Q = r.q + r.tan_off[l];
       const T* P = rec + r.rec.grad[l];
-      const Tiling<TM, TN> tw(w, in_w), tp(n, in_w);
-      const int n_w = tw.items, n_b = w;
-      const int n_s = net.gaussian ? (l == L - 1 ? kSumChunks : (l == L - 2 ? 1 : 0)) : 0;
-      const int n_p = l > 0 || r.d_obs != nullptr ? tp.items : 0;
+      const Tiles tw(w, in_w), tp(l > 0 || r.d_obs != nullptr ? n : 0, in_w);
       const Mat<T> Qt{Q, 1, w}, Pt{P, 1, w}, X{input(l), in_w, 1};
       const Mat<T> Ad{l > 0 ? r.tangent + r.tan_off[l - 1] : nullptr, in_w, 1};
       const Mat<T> Qm{Q, w, 1}, Pm{P, w, 1}, Wm{theta + net.w_off[l], in_w, 1}, Um{u + net.w_off[l], in_w, 1};
       T* q_prev = l > 0 ? r.q + r.tan_off[l - 1] : r.d_obs;
       const T* mask = l > 0 ? rec + r.rec.act[l - 1] : nullptr;
-      ex.phase(n_w + n_b + n_s + n_p, [&](int item) {
-        int rows[TM], cols[TN];
-        T acc[TM][TN];
-        if (item < n_w) {
-          if (!tw.locate(item, rows, cols)) return;
-          zero(acc);
-          tile_mac(acc, Qt, X, rows, cols, w, in_w, n);
-          if (l > 0) tile_mac(acc, Pt, Ad, rows, cols, w, in_w, n);
-          for (int a = 0; a < TM; ++a)
-            for (int b = 0; b < TN; ++b)
-              if (tw.row_ok(rows[a]) && tw.col_ok(cols[b]))
-                adjoint_at(r, u, u_out, net.w_off[l] + rows[a] * in_w + cols[b], acc[a][b]);
-        } else if (item < n_w + n_b) {
-          const int c = item - n_w;
-          adjoint_at(r, u, u_out, net.b_off[l] + c, strided_sum(Q + c, n, w));
-        } else if (item < n_w + n_b + n_s) {  // (H u) for (m, o): chunk sums at L-1, totals at L-2
-          const int total = n * act, chunk = item - n_w - n_b;
-          if (l == L - 1) {
-            for (int qq = 0; qq < 2; ++qq)
-              r.sums[qq * kSumChunks + chunk] = chunk_sum(r.partials + qq * total, total, chunk);
-          } else {
-            adjoint_at(r, u, u_out, net.head_off, strided_sum(r.sums, kSumChunks, 1));
-            adjoint_at(r, u, u_out, net.head_off + 1, strided_sum(r.sums + kSumChunks, kSumChunks, 1));
-          }
-        } else {
-          if (!tp.locate(item - n_w - n_b - n_s, rows, cols)) return;
-          zero(acc);
-          tile_mac(acc, Qm, Wm, rows, cols, n, in_w, w);
-          tile_mac(acc, Pm, Um, rows, cols, n, in_w, w);
-          for (int a = 0; a < TM; ++a)
-            for (int b = 0; b < TN; ++b)
-              if (tp.row_ok(rows[a]) && tp.col_ok(cols[b])) {
-                const int e = rows[a] * in_w + cols[b];
+      const int n_s = net.gaussian ? (l == L - 1 ? kSumChunks : (l == L - 2 ? 1 : 0)) : 0;
+      ex.phase(
+          tw.count + tp.count,
+          [&](Block& bx, int b) {
+            AccT acc;
+            block_zero<T>(bx, acc);
+            if (b < tw.count) {
+              const int i0 = b / tw.cols * kTile, j0 = b % tw.cols * kTile;
+              block_mac<T>(bx, acc, Qt, X, i0, j0, w, in_w, n);
+              if (l > 0) block_mac<T>(bx, acc, Pt, Ad, i0, j0, w, in_w, n);
+              block_store<T>(bx, acc, i0, j0, w, in_w, [&](int i, int j, T v) {
+                adjoint_at(r, u, u_out, net.w_off[l] + i * in_w + j, v);
+              });
+            } else {
+              const int bb = b - tw.count, i0 = bb / tp.cols * kTile, j0 = bb % tp.cols * kTile;
+              block_mac<T>(bx, acc, Qm, Wm, i0, j0, n, in_w, w);
+              block_mac<T>(bx, acc, Pm, Um, i0, j0, n, in_w, w);
+              block_store<T>(bx, acc, i0, j0, n, in_w, [&](int i, int j, T v) {
+                const int e = i * in_w + j;
                 if (l > 0) {
-                  q_prev[e] = mask[e] > T(0) ? acc[a][b] : T(0);
+                  q_prev[e] = mask[e] > T(0) ? v : T(0);
                 } else {
-                  q_prev[e] += acc[a][b];
+                  q_prev[e] += v;
                 }
-              }
-        }
-      });
+              });
+            }
+          },
+          w + n_s,
+          [&](int item) {
+            if (item < w) {
+              adjoint_at(r, u, u_out, net.b_off[l] + item, strided_sum(Q + item, n, w));
+              return;
+            }
+            const int total = n * act, chunk = item - w;
+            if (l == L - 1) {  // (H u) for (m, o): chunk sums at L-1, totals at L-2
+              for (int qq = 0; qq < 2; ++qq)
+                r.sums[qq * kSumChunks + chunk] = chunk_sum(r.partials + qq * total, total, chunk);
+            } else {
+              adjoint_at(r, u, u_out, net.head_off, strided_sum(r.sums, kSumChunks, 1));
+              adjoint_at(r, u, u_out, net.head_off + 1, strided_sum(r.sums + kSumChunks, kSumChunks, 1));
+            }
+          });
     }
     u_cur = u_out;
     u_next = const_cast<T*>(u);
   }
   if (u_cur != r.u) {  // an odd number of steps: the result is in u_alt
-    ex.phase(net.P, [&](int k) { r.u[k] = u_cur[k]; });
+    item_phase(ex, net.P, [&](int k) { r.u[k] = u_cur[k]; });
   }
 }
 

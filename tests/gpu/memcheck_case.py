@@ -1,5 +1,5 @@
 """A small fused CUDA case for compute-sanitizer (run by test_cuda_backend.test_memcheck_small_case):
-both heads, with and without checkpoints, through the grid program (both tiles) and the ATen path."""
+both heads, with and without checkpoints, through the grid program and the ATen path."""
 import os
 
 import torch
@@ -7,16 +7,15 @@ import torch
 import obd_fast
 from obd_fast import PolicySpec
 
-for kernel, tile, head in [(k, t, h) for k, t in (("grid", "4"), ("grid", "2"), ("library", "4"))
-                           for h in ("gaussian", "tanh")]:
-    os.environ["OBD_FAST_STEP_KERNEL"], os.environ["OBD_FAST_GRID_TILE"] = kernel, tile
-    spec = PolicySpec(5, 2, (13, 9), head=head)
+for kernel, head in [(k, h) for k in ("grid", "library") for h in ("gaussian", "tanh")]:
+    os.environ["OBD_FAST_STEP_KERNEL"] = kernel
+    spec = PolicySpec(5, 2, (13, 40), head=head)  # 40: two column tiles, one partial
     dev = torch.device("cuda")
     g = torch.Generator().manual_seed(0)
     theta0 = spec.init_params(generator=g).to(dev)
-    s, a = torch.randn(7, 5, device=dev), torch.rand(7, 2, device=dev)
+    s, a = torch.randn(37, 5, device=dev), torch.rand(37, 2, device=dev)  # 37 rows: two slices of k
     x, y, w = torch.randn(11, 5, device=dev), torch.rand(11, 2, device=dev), torch.rand(11, device=dev)
-    noise = dict(inner_noise=torch.randn(3, 7, 2, device=dev), outer_noise=torch.randn(11, 2, device=dev)) \
+    noise = dict(inner_noise=torch.randn(3, 37, 2, device=dev), outer_noise=torch.randn(11, 2, device=dev)) \
         if head == "gaussian" else {}
     for ck in (None, 2):
         out = obd_fast.meta_gradient(theta0, s, a, spec, x, y, w, steps=3, lr=0.1, momentum=0.9, weight_decay=1e-4,

@@ -15,11 +15,11 @@ pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda")
 
 
-# The inner steps run either as the grid program's cooperative kernels (the default on CUDA; 4 x 4
-# tiles, or 2 x 2 tiles on only 3 blocks, so every phase loops over more items than threads) or
-# through the ATen path (cuBLAS products and the elementwise kernels).
-STEP_KERNELS = {"grid": dict(OBD_FAST_STEP_KERNEL="grid", OBD_FAST_GRID_TILE="4"),
-                "grid2-3blocks": dict(OBD_FAST_STEP_KERNEL="grid", OBD_FAST_GRID_TILE="2", OBD_FAST_GRID_BLOCKS="3"),
+# The inner steps run either as the grid program's cooperative kernels (the default on CUDA; one
+# block per multiprocessor, or only 3 blocks, so every phase has more items than blocks and
+# threads) or through the ATen path (cuBLAS products and the elementwise kernels).
+STEP_KERNELS = {"grid": dict(OBD_FAST_STEP_KERNEL="grid"),
+                "grid-3blocks": dict(OBD_FAST_STEP_KERNEL="grid", OBD_FAST_GRID_BLOCKS="3"),
                 "library": dict(OBD_FAST_STEP_KERNEL="library")}
 
 
@@ -203,13 +203,17 @@ def test_grid_program_checkpointed_is_bitwise_full_on_cuda(monkeypatch):
 
 
 @pytest.mark.skipif(shutil.which("compute-sanitizer") is None, reason="compute-sanitizer not found")
-def test_memcheck_small_case():
+@pytest.mark.parametrize("tool", ["memcheck", "racecheck"])
+def test_memcheck_small_case(tool):
+    # memcheck: out-of-bounds and misaligned accesses; racecheck: shared-memory hazards between
+    # the block barriers of the grid program's tiles (the CPU executor cannot see those).
     script = os.path.join(os.path.dirname(__file__), "memcheck_case.py")
-    proc = subprocess.run(["compute-sanitizer", "--tool", "memcheck", "--error-exitcode", "3", sys.executable, script],
+    proc = subprocess.run(["compute-sanitizer", "--tool", tool, "--error-exitcode", "3", sys.executable, script],
                           capture_output=True, text=True, timeout=600)
     print(proc.stdout[-3000:], proc.stderr[-3000:])
     assert proc.returncode == 0, proc.stdout[-3000:]
-    assert "ERROR SUMMARY: 0 errors" in proc.stdout + proc.stderr
+    summary = "ERROR SUMMARY: 0 errors" if tool == "memcheck" else "RACECHECK SUMMARY: 0 hazards displayed (0 errors"
+    assert summary in proc.stdout + proc.stderr
 
 
 # Measured on an H100 (2026-11-26, seed 2): at the paper setting tf32 gave cosine 0.987 / 0.998
@@ -218,8 +222,9 @@ def test_memcheck_small_case():
 # so the paper-size bounds are looser than the medium case's.
 @pytest.mark.parametrize("precision,size,bound", [("tf32", "medium", 0.99), ("bf16", "medium", 0.99),
                                                   ("tf32", "paper", 0.95), ("bf16", "paper", 0.90)])
-def test_low_precision_products_stay_close_to_float64(precision, size, bound):
-    """Tensor-core products: the meta-gradient's direction must survive."""
+def test_low_precision_products_stay_close_to_float64(precision, size, bound, monkeypatch):
+    """Tensor-core products (the ATen path's): the meta-gradient's direction must survive."""
+    monkeypatch.setenv("OBD_FAST_STEP_KERNEL", "library")  # the grid program has no tf32 products
     if size == "paper":
         spec, steps, n, b = PolicySpec(11, 3), 100, 256, 2560
     else:
@@ -234,7 +239,8 @@ def test_low_precision_products_stay_close_to_float64(precision, size, bound):
     assert min(cos) >= bound
 
 
-def test_tf32_graph_capture_matches_tf32_eager():
+def test_tf32_graph_capture_matches_tf32_eager(monkeypatch):
+    monkeypatch.setenv("OBD_FAST_STEP_KERNEL", "library")
     spec = PolicySpec(11, 3, (64, 64))
     graph = MetaGradientGraph(spec, 64, 256, steps=10, lr=0.1, precision="tf32")
     x = make_inputs(spec, 64, 256, 10, torch.float32, CUDA, seed=4)
