@@ -149,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", choices=("auto", "fused", "reference"), default="auto")
     s.add_argument("--checkpoint-every", type=POS, default=None, help="fused: keep theta every k inner steps")
     s.add_argument("--device", default="cpu")
+    s.add_argument("--no-cuda-graph", action="store_true",
+                   help="on CUDA: launch each meta-gradient eagerly instead of replaying a captured CUDA graph")
     s.add_argument("--max-minutes", type=_positive_float, default=None, help="stop (and save) after this long")
     s.add_argument("--env", default=None, help="environment id when the dataset does not name one")
     s.add_argument("--no-progress", action="store_true")
@@ -283,6 +285,7 @@ def cmd_distill(args) -> int:
                   data_source=args.data, teacher_path=args.teacher, init=args.init, n_syn=args.n_syn,
                   inner_steps=args.inner_steps, hidden=tuple(args.hidden), precision=args.precision,
                   backend=args.backend, checkpoint_every=args.checkpoint_every, device=args.device,
+                  cuda_graph=not args.no_cuda_graph,
                   eval_episodes=args.eval_episodes, eval_policies=args.eval_policies, save_every=args.save_every,
                   max_seconds=None if args.max_minutes is None else 60.0 * args.max_minutes)
     last = syn.history[-1] if syn.history else {}

@@ -35,6 +35,8 @@ import numpy as np
 import torch
 
 from .checkpoint import atomic_torch_save, atomic_write, atomic_write_text
+from ._extension import resolve_backend
+from .graph import MetaGradientGraph
 from .ops import meta_gradient, unroll_bc, weighted_bc_loss
 from .policy import PolicySpec
 from .synset import OBJECTIVES, SyntheticSet
@@ -80,6 +82,7 @@ class DistillConfig:
     precision: str = "native"           # fused matrix products: "native", "bf16" (float32 tensors), "tf32"
     checkpoint_every: Optional[int] = None
     device: str = "cpu"
+    cuda_graph: bool = True             # on CUDA with the fused backend: replay the meta-gradient as a CUDA graph
     max_nonfinite_in_a_row: int = 10
     eval_every: int = 1000              # outer steps between evaluations; <= 0: only at the end
     final_eval: bool = True             # evaluate once more when the run ends
@@ -189,6 +192,7 @@ class Distiller:
         self.log: Dict[str, list] = {c: [] for c in LOG_COLUMNS}
         self.history: List[dict] = []
         self._heldout = None
+        self._graph = None  # MetaGradientGraph, built at the first outer step when used
 
     # -- initialization ------------------------------------------------------------------------
     def _pool(self) -> torch.Tensor:
@@ -277,11 +281,27 @@ class Distiller:
         if not bool(torch.isfinite(target).all()) or (weight is not None and not bool(torch.isfinite(weight).all())):
             return None
         gaussian = self.spec.head == "gaussian"
+        inner_noise = batch.inner_noise if gaussian else None
+        outer_noise = batch.outer_noise if gaussian else None
+        if self.uses_cuda_graph():
+            if self._graph is None:
+                self._graph = MetaGradientGraph(
+                    self.spec, cfg.n_syn, obs.shape[0], steps=cfg.inner_steps, lr=cfg.inner_lr,
+                    momentum=cfg.inner_momentum, weighted=weight is not None, dtype=self.syn_obs.dtype,
+                    device=self.device, checkpoint_every=cfg.checkpoint_every, precision=cfg.precision)
+            out = self._graph(batch.theta0, self.syn_obs, self.syn_act, obs, target, weight, inner_noise, outer_noise)
+            return tuple(t.clone() for t in out)  # the graph's outputs are overwritten by its next replay
         return meta_gradient(batch.theta0, self.syn_obs, self.syn_act, self.spec, obs, target, weight,
                              steps=cfg.inner_steps, lr=cfg.inner_lr, momentum=cfg.inner_momentum,
-                             inner_noise=batch.inner_noise if gaussian else None,
-                             outer_noise=batch.outer_noise if gaussian else None, backend=cfg.backend,
+                             inner_noise=inner_noise, outer_noise=outer_noise, backend=cfg.backend,
                              checkpoint_every=cfg.checkpoint_every, precision=cfg.precision)
+
+    def uses_cuda_graph(self) -> bool:
+        """Whether outer steps replay one captured meta-gradient (CUDA, fused backend, cuda_graph on):
+        the same result as the eager call, without launching its kernels from the host each step."""
+        cfg = self.config
+        on_cuda = self.device.type == "cuda"
+        return bool(cfg.cuda_graph) and on_cuda and resolve_backend(cfg.backend, self.device) == "fused"
 
     def step(self) -> float:
         """One outer step; returns the objective H before the update (NaN for a skipped step)."""

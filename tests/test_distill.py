@@ -317,3 +317,17 @@ def test_a_diverged_evaluation_is_saved_as_none(tmp_path):
     assert syn.history[-1]["score_mean"] is None and syn.history[-1]["score_std"] is None
     assert SyntheticSet.load(tmp_path / "synset.pt").history == syn.history
     assert list(csv.DictReader(open(tmp_path / "log.csv")))[-1]["score_mean"] == ""
+
+
+def test_cuda_graph_is_used_only_on_cuda():
+    # On the CPU the flag changes nothing: outer steps call meta_gradient eagerly either way.
+    data = fake_data()
+    runs = []
+    for flag in (True, False):
+        d = Distiller(data, None, tiny(objective="dbc", cuda_graph=flag))
+        assert not d.uses_cuda_graph()
+        d.step()
+        runs.append(d.syn_obs)
+    assert torch.equal(runs[0], runs[1])
+    assert DistillConfig.from_dict(tiny(cuda_graph=False).to_dict()).cuda_graph is False
+    assert DistillConfig.from_dict({"steps": 3}).cuda_graph is True  # a run saved before the flag existed
