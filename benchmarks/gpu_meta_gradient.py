@@ -5,7 +5,8 @@
 
 Prints, for each env: paper-style autograd (reference backend), a full create_graph unroll, the
 fused op with its inner steps as the grid program's cooperative kernels (the default on CUDA;
-eager and captured in a CUDA graph, on one or half a block per multiprocessor, with checkpoints)
+eager and captured in a CUDA graph, on one or half a block per multiprocessor, with checkpoints,
+with SliceTiles and with KSplitTiles)
 and through the ATen path (cuBLAS;
 eager, graph, graph with tf32 and bf16 products), their ratios, the achieved TFLOP/s against the
 measured float32 GEMM rate, peak GPU memory, the implied time of 50k outer steps, and how far
@@ -86,13 +87,16 @@ def bench_env(env: str, steps: int, reps: int, sms: int) -> dict:
         r["grid_eager_s"] = time_it(fused, reps=reps, device="cuda", best=False)
         r["grid_ck10_eager_s"] = time_it(lambda: fused(checkpoint_every=10), reps=reps, device="cuda", best=False)
         r["mem_grid_mb"] = peak_memory(fused)
-    with settings(dict(GRID, OBD_FAST_GRID_PROFILE="1")):  # per-phase times to stderr
-        fused()
+    for tiles in ("slice", "ksplit"):  # per-phase times to stderr
+        with settings(dict(GRID, OBD_FAST_GRID_TILES=tiles, OBD_FAST_GRID_PROFILE="1")):
+            print(f"# {env}: grid program with {tiles} tiles", file=sys.stderr, flush=True)
+            fused()
     with settings(GRID):
         r["mem_grid_ck10_mb"] = peak_memory(lambda: fused(checkpoint_every=10))
     r["mem_reference_mb"] = peak_memory(ref)
     r["mem_create_graph_mb"] = peak_memory(unroll)
     variants = [("grid_graph_s", GRID, "native", None),
+                ("grid_ksplit_graph_s", dict(GRID, OBD_FAST_GRID_TILES="ksplit"), "native", None),
                 ("grid_half_blocks_graph_s", dict(GRID, OBD_FAST_GRID_BLOCKS=str(sms // 2)), "native", None),
                 ("grid_ck10_graph_s", GRID, "native", 10), ("library_graph_s", LIBRARY, "native", None),
                 ("library_graph_tf32_s", LIBRARY, "tf32", None), ("library_graph_bf16_s", LIBRARY, "bf16", None)]
@@ -102,9 +106,9 @@ def bench_env(env: str, steps: int, reps: int, sms: int) -> dict:
         except Exception as e:  # one variant failing must not hide the others' numbers
             print(f"# {env}: {name} failed: {type(e).__name__}: {e}", flush=True)
             r[name], out = float("nan"), None
-        if name == "grid_graph_s" and out is not None:
-            r["grid_vs_library_rel_err"] = [((a.double() - b.double()).norm() / b.double().norm()).item()
-                                            for a, b in zip(out, lib_out)]
+        if name in ("grid_graph_s", "grid_ksplit_graph_s") and out is not None:
+            r[name[:-8] + "_vs_library_rel_err"] = [((a.double() - b.double()).norm() / b.double().norm()).item()
+                                                    for a, b in zip(out, lib_out)]
     best = min(v for k, v in r.items() if k.startswith("grid") and k.endswith("graph_s") and v == v)
     r["best_grid_graph_s"] = best
     r["tflops_best_grid_graph"] = flops / best / 1e12
@@ -181,8 +185,8 @@ def main(argv=None):
     print(f"# {info['device']} ({sms} SMs), torch {info['torch']}: fp32 GEMM 256^3 {gemm256 / 1e12:.2f} TFLOP/s, "
           f"4096^3 {gemm4k / 1e12:.1f} TFLOP/s")
     cols = ["reference_s", "create_graph_s", "library_eager_s", "library_graph_s", "library_graph_tf32_s",
-            "library_graph_bf16_s", "grid_eager_s", "grid_ck10_eager_s", "grid_graph_s", "grid_half_blocks_graph_s",
-            "grid_ck10_graph_s"]
+            "library_graph_bf16_s", "grid_eager_s", "grid_ck10_eager_s", "grid_graph_s", "grid_ksplit_graph_s",
+            "grid_half_blocks_graph_s", "grid_ck10_graph_s"]
     print("| env | T | " + " | ".join(c[:-2] + " ms" for c in cols) + " | best grid graph x vs reference | "
           "x vs library graph | TFLOP/s | 50k steps | mem ref / library / grid / grid ck10 MB |")
     print("|---|---|" + "---|" * (len(cols) + 5))
@@ -195,8 +199,9 @@ def main(argv=None):
                   f"{r['speedup_best_grid_graph_vs_library_graph']:.1f} | {r['tflops_best_grid_graph']:.2f} | "
                   f"{r['minutes_50k_best_grid_graph']:.1f} min | {r['mem_reference_mb']:.0f} / "
                   f"{r['mem_library_mb']:.0f} / {r['mem_grid_mb']:.0f} / {r['mem_grid_ck10_mb']:.0f} |", flush=True)
-            print(f"# {env}: grid vs library (float32) relative difference, loss / d_obs / d_act: "
-                  + ", ".join(f"{e:.1e}" for e in r.get("grid_vs_library_rel_err", [])), flush=True)
+            for key in ("grid", "grid_ksplit"):
+                print(f"# {env}: {key} vs library (float32) relative difference, loss / d_obs / d_act: "
+                      + ", ".join(f"{e:.1e}" for e in r.get(key + "_vs_library_rel_err", [])), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(info, f, indent=2)

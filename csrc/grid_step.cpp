@@ -12,9 +12,9 @@ namespace obd_fast {
 #ifdef OBD_FAST_WITH_CUDA
 namespace cuda {
 template <typename T>
-void grid_forward(const grid::ForwardArgs<T>& args, int blocks, const at::Device& device);
+void grid_forward(const grid::ForwardArgs<T>& args, bool ksplit, int blocks, const at::Device& device);
 template <typename T>
-void grid_reverse(const grid::ReverseArgs<T>& args, int blocks, const at::Device& device);
+void grid_reverse(const grid::ReverseArgs<T>& args, bool ksplit, int blocks, const at::Device& device);
 }  // namespace cuda
 #endif
 
@@ -56,6 +56,13 @@ struct SerialExec {
 std::string env_or(const char* name, const char* fallback) {
   const char* v = std::getenv(name);
   return v != nullptr && v[0] != '\0' ? std::string(v) : std::string(fallback);
+}
+
+// OBD_FAST_GRID_TILES: how blocks multiply their tiles (tiles.h): slice (default) or ksplit.
+bool ksplit_tiles() {
+  const std::string v = env_or("OBD_FAST_GRID_TILES", "slice");
+  TORCH_CHECK(v == "slice" || v == "ksplit", "obd_fast: OBD_FAST_GRID_TILES must be slice or ksplit, got '", v, "'");
+  return v == "ksplit";
 }
 
 #ifdef OBD_FAST_WITH_CUDA
@@ -132,14 +139,18 @@ void forward_typed(const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& syn
   f.last_update = last_update;
   if (syn_obs.is_cuda()) {
 #ifdef OBD_FAST_WITH_CUDA
-    cuda::grid_forward(f, grid_blocks(), syn_obs.device());
+    cuda::grid_forward(f, ksplit_tiles(), grid_blocks(), syn_obs.device());
     return;
 #else
     TORCH_CHECK(false, "obd_fast was built without CUDA support; rebuild with a CUDA build of torch and nvcc");
 #endif
   }
   auto ex = std::make_unique<SerialExec>();
-  grid::forward_steps<T>(*ex, f);
+  if (ksplit_tiles()) {
+    grid::forward_steps<T, grid::KSplitTiles>(*ex, f);
+  } else {
+    grid::forward_steps<T, grid::SliceTiles>(*ex, f);
+  }
 }
 
 template <typename T>
@@ -186,14 +197,18 @@ void reverse_typed(const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& syn
   r.t1 = static_cast<int>(t1);
   if (syn_obs.is_cuda()) {
 #ifdef OBD_FAST_WITH_CUDA
-    cuda::grid_reverse(r, grid_blocks(), syn_obs.device());
+    cuda::grid_reverse(r, ksplit_tiles(), grid_blocks(), syn_obs.device());
     return;
 #else
     TORCH_CHECK(false, "obd_fast was built without CUDA support; rebuild with a CUDA build of torch and nvcc");
 #endif
   }
   auto ex = std::make_unique<SerialExec>();
-  grid::reverse_steps<T>(*ex, r);
+  if (ksplit_tiles()) {
+    grid::reverse_steps<T, grid::KSplitTiles>(*ex, r);
+  } else {
+    grid::reverse_steps<T, grid::SliceTiles>(*ex, r);
+  }
 }
 
 }  // namespace

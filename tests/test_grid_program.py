@@ -15,10 +15,12 @@ pytestmark = [pytest.mark.skipif(not obd_fast.fused_available(), reason=f"no ext
 TOL = 1e-9
 
 
-@pytest.fixture
-def grid_kernel(monkeypatch):
-    """Inner steps through the grid program."""
+@pytest.fixture(params=["slice", "ksplit"])
+def grid_kernel(request, monkeypatch):
+    """Inner steps through the grid program, with either way of multiplying block tiles (tiles.h)."""
     monkeypatch.setenv("OBD_FAST_STEP_KERNEL", "grid")
+    monkeypatch.setenv("OBD_FAST_GRID_TILES", request.param)
+    return request.param
 
 
 def meta(case, **kw):
@@ -104,7 +106,9 @@ def test_grid_program_bf16_falls_back_to_the_aten_path(monkeypatch):
         assert torch.equal(a, b)
 
 
-def test_unknown_step_kernel_is_rejected(monkeypatch):
-    monkeypatch.setenv("OBD_FAST_STEP_KERNEL", "fast")
-    with pytest.raises(RuntimeError, match="OBD_FAST_STEP_KERNEL"):
+@pytest.mark.parametrize("name,value", [("OBD_FAST_STEP_KERNEL", "fast"), ("OBD_FAST_GRID_TILES", "big")])
+def test_unknown_grid_settings_are_rejected(monkeypatch, name, value):
+    monkeypatch.setenv("OBD_FAST_STEP_KERNEL", "grid")
+    monkeypatch.setenv(name, value)
+    with pytest.raises(RuntimeError, match=name):
         meta(odd_case("tanh", 1, seed=0), lr=0.1)

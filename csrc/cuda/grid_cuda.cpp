@@ -57,25 +57,25 @@ void launch_maybe_profiled(Args args, const at::Device& device, const char* what
 }  // namespace
 
 template <typename T>
-void grid_forward(const grid::ForwardArgs<T>& args, int blocks, const at::Device& device) {
+void grid_forward(const grid::ForwardArgs<T>& args, bool ksplit, int blocks, const at::Device& device) {
   const c10::cuda::CUDAGuard guard(device);
   launch_maybe_profiled(args, device, "forward", [&](const grid::ForwardArgs<T>& a, cudaStream_t stream) {
-    return cuda_kernels::launch_grid_forward(a, blocks, stream);
+    return cuda_kernels::launch_grid_forward(a, ksplit, blocks, stream);
   });
 }
 
 template <typename T>
-void grid_reverse(const grid::ReverseArgs<T>& args, int blocks, const at::Device& device) {
+void grid_reverse(const grid::ReverseArgs<T>& args, bool ksplit, int blocks, const at::Device& device) {
   const c10::cuda::CUDAGuard guard(device);
   launch_maybe_profiled(args, device, "reverse", [&](const grid::ReverseArgs<T>& a, cudaStream_t stream) {
-    return cuda_kernels::launch_grid_reverse(a, blocks, stream);
+    return cuda_kernels::launch_grid_reverse(a, ksplit, blocks, stream);
   });
 }
 
-template void grid_forward<float>(const grid::ForwardArgs<float>&, int, const at::Device&);
-template void grid_forward<double>(const grid::ForwardArgs<double>&, int, const at::Device&);
-template void grid_reverse<float>(const grid::ReverseArgs<float>&, int, const at::Device&);
-template void grid_reverse<double>(const grid::ReverseArgs<double>&, int, const at::Device&);
+template void grid_forward<float>(const grid::ForwardArgs<float>&, bool, int, const at::Device&);
+template void grid_forward<double>(const grid::ForwardArgs<double>&, bool, int, const at::Device&);
+template void grid_reverse<float>(const grid::ReverseArgs<float>&, bool, int, const at::Device&);
+template void grid_reverse<double>(const grid::ReverseArgs<double>&, bool, int, const at::Device&);
 
 }  // namespace cuda
 }  // namespace obd_fast

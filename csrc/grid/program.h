@@ -17,6 +17,7 @@
 #pragma once
 
 #include "../head_math.h"
+#include "tiles.h"
 
 namespace obd_fast {
 namespace grid {
@@ -31,13 +32,6 @@ constexpr int kSumChunks = 32;
 // Phases per inner step: forward and reverse each have L - 1 hidden layers, the last layer's
 // split dot products, the head, and L backward layers.
 inline constexpr int phases_per_step(int L) { return 2 * L + 1; }
-
-// Row-major view with explicit strides: element (i, k) is p[i * rs + k * cs].
-template <typename T>
-struct Mat {
-  const T* p;
-  int rs, cs;
-};
 
 // Shapes of the MLP and offsets of its parameters in theta (DESIGN.md's flat layout).
 struct Net {
@@ -101,127 +95,6 @@ struct ReverseArgs {
   int t0 = 0, t1 = 0;
   unsigned long long* profile = nullptr;
 };
-
-// ---------------------------------------------------------------------------------------------
-// Block tiles of a product C (M x N) = sum over k of A(i, k) B(k, j).
-//
-// A block of kBlockThreads threads owns a kTile x kTile tile of C; thread t owns the 2 x 2
-// outputs (r + 16 a, c + 16 b) with (r, c) = (t / 16, t % 16). Operand slices of kSlice k's
-// go through shared memory, read from global memory along whichever index is contiguous, and
-// the next slice is loaded into registers while the current one is multiplied.
-//
-// Block is the executor's view of one block: Block::threads(f) runs f(t) for each thread t (on
-// the GPU: f(threadIdx.x)), Block::sync() is the block barrier, Block::Local<V> is one V per
-// thread, Block::smem<T>() the block's shared buffer of kSmemFloats T.
-constexpr int kBlockThreads = 256;
-constexpr int kTile = 32;
-constexpr int kSlice = 64;
-constexpr int kLoads = kTile * kSlice / kBlockThreads;  // elements of each operand per thread
-constexpr int kSmemFloats = 2 * kSlice * (kTile + 1);
-
-template <typename T>
-struct Acc {
-  T v[2][2];
-};
-
-template <typename T>
-struct SliceRegs {
-  T a[kLoads], b[kLoads];
-};
-
-// Tiles of an M x N product: tiles_of(M, N) block items, item b at tile (b / cols, b % cols).
-struct Tiles {
-  int M, N, cols, count;
-  OBD_HD Tiles(int M_, int N_) : M(M_), N(N_), cols((N_ + kTile - 1) / kTile), count(0) {
-    count = M > 0 && N > 0 ? ((M + kTile - 1) / kTile) * cols : 0;
-  }
-};
-
-// Element e (of kTile * kSlice) of an operand slice: (tile index, k index) so that consecutive e
-// walk the operand's contiguous index.
-OBD_HD void slice_pos(int e, bool k_fastest, int& x, int& k) {
-  if (k_fastest) {
-    x = e / kSlice;
-    k = e % kSlice;
-  } else {
-    x = e % kTile;
-    k = e / kTile;
-  }
-}
-
-// acc(t) += the tile (i0, j0) of A B, K terms (A: M x K, B: K x N; outside them: zeros).
-template <typename T, typename Block>
-OBD_HD void block_mac(Block& bx, typename Block::template Local<Acc<T>>& acc, const Mat<T>& A, const Mat<T>& B, int i0,
-                      int j0, int M, int N, int K) {
-  T* As = bx.template smem<T>();          // [kSlice][kTile + 1], k-major
-  T* Bs = As + kSlice * (kTile + 1);      // [kSlice][kTile + 1]
-  const bool a_k_fastest = A.cs == 1, b_k_fastest = B.rs == 1;
-  typename Block::template Local<SliceRegs<T>> regs;
-  auto load = [&](int k0) {
-    bx.threads([&](int t) {
-      for (int q = 0; q < kLoads; ++q) {
-        int x, k;
-        slice_pos(t + q * kBlockThreads, a_k_fastest, x, k);
-        const int i = i0 + x, kk = k0 + k;
-        regs(t).a[q] = i < M && kk < K ? A.p[static_cast<long long>(i) * A.rs + static_cast<long long>(kk) * A.cs] : T(0);
-        slice_pos(t + q * kBlockThreads, b_k_fastest, x, k);
-        const int j = j0 + x, kb = k0 + k;
-        regs(t).b[q] = j < N && kb < K ? B.p[static_cast<long long>(kb) * B.rs + static_cast<long long>(j) * B.cs] : T(0);
-      }
-    });
-  };
-  load(0);
-  for (int k0 = 0; k0 < K; k0 += kSlice) {
-    bx.threads([&](int t) {
-      for (int q = 0; q < kLoads; ++q) {
-        int x, k;
-        slice_pos(t + q * kBlockThreads, a_k_fastest, x, k);
-        As[k * (kTile + 1) + x] = regs(t).a[q];
-        slice_pos(t + q * kBlockThreads, b_k_fastest, x, k);
-        Bs[k * (kTile + 1) + x] = regs(t).b[q];
-      }
-    });
-    bx.sync();
-    if (k0 + kSlice < K) load(k0 + kSlice);  // in flight while this slice is multiplied
-    bx.threads([&](int t) {
-      const int r = t / 16, c = t % 16;
-      // Each slice's sum is added to the total on its own (blockwise, as BLAS sums).
-      T part[2][2] = {{T(0), T(0)}, {T(0), T(0)}};
-      for (int k = 0; k < kSlice; ++k) {
-        const T a0 = As[k * (kTile + 1) + r], a1 = As[k * (kTile + 1) + r + 16];
-        const T b0 = Bs[k * (kTile + 1) + c], b1 = Bs[k * (kTile + 1) + c + 16];
-        part[0][0] += a0 * b0;
-        part[0][1] += a0 * b1;
-        part[1][0] += a1 * b0;
-        part[1][1] += a1 * b1;
-      }
-      for (int a = 0; a < 2; ++a)
-        for (int b = 0; b < 2; ++b) acc(t).v[a][b] += part[a][b];
-    });
-    bx.sync();
-  }
-}
-
-template <typename T, typename Block>
-OBD_HD void block_zero(Block& bx, typename Block::template Local<Acc<T>>& acc) {
-  bx.threads([&](int t) {
-    for (int a = 0; a < 2; ++a)
-      for (int b = 0; b < 2; ++b) acc(t).v[a][b] = T(0);
-  });
-}
-
-// Calls out(i, j, value) for each output of the tile (i0, j0) inside M x N.
-template <typename T, typename Block, typename Out>
-OBD_HD void block_store(Block& bx, typename Block::template Local<Acc<T>>& acc, int i0, int j0, int M, int N, Out&& out) {
-  bx.threads([&](int t) {
-    const int r = t / 16, c = t % 16;
-    for (int a = 0; a < 2; ++a)
-      for (int b = 0; b < 2; ++b) {
-        const int i = i0 + r + 16 * a, j = j0 + c + 16 * b;
-        if (i < M && j < N) out(i, j, acc(t).v[a][b]);
-      }
-  });
-}
 
 // sum over r of x[r * stride] for r < count, in 8 interleaved partial sums (independent loads
 // in flight, and a shorter rounding chain).
@@ -307,12 +180,12 @@ OBD_HD void item_phase(Exec& ex, int items, Item&& item) {
 // Forward: steps t0 .. t1-1 (mlp.cpp's loss_grad, then the SGD step fused into the gradients'
 // epilogues). phases_per_step(L) phases per step.
 //
-// Exec::phase(block_items, block_item(Block&, b), items, item(w)) runs one phase;
-// Exec::phase(items, item(w)) one without block items.
-template <typename T, typename Exec>
+// Exec::phase(block_items, block_item(Block&, b), items, item(w)) runs one phase. TilesT<T,
+// Block> (tiles.h) computes the block tiles of the products.
+template <typename T, template <typename, typename> class TilesT, typename Exec>
 OBD_HD void forward_steps(Exec& ex, const ForwardArgs<T>& f) {
   using Block = typename Exec::Block;
-  using AccT = typename Block::template Local<Acc<T>>;
+  using Tiles = TilesT<T, Block>;
   const Net& net = f.net;
   const int L = net.L, n = f.n, act = net.act, out_w = net.widths[L];
   for (int t = f.t0; t < f.t1; ++t) {
@@ -327,16 +200,16 @@ OBD_HD void forward_steps(Exec& ex, const ForwardArgs<T>& f) {
     // Hidden layers: A_l = relu(A_{l-1} W_l^T + b_l).
     for (int l = 0; l <= L - 2; ++l) {
       const int in_w = net.widths[l], w = net.widths[l + 1];
-      const Tiles tiles(n, w);
+      const TileGrid tiles(n, w);
       const Mat<T> X{input(l), in_w, 1}, Wt{theta + net.w_off[l], 1, in_w};  // Wt(k, j) = W_l(j, k)
       const T* bias = theta + net.b_off[l];
       T* y = rec + f.rec.act[l];
       block_phase(ex, tiles.count, [&](Block& bx, int b) {
         const int i0 = b / tiles.cols * kTile, j0 = b % tiles.cols * kTile;
-        AccT acc;
-        block_zero<T>(bx, acc);
-        block_mac<T>(bx, acc, X, Wt, i0, j0, n, w, in_w);
-        block_store<T>(bx, acc, i0, j0, n, w, [&](int i, int j, T v) {
+        typename Tiles::Acc acc;
+        Tiles::zero(bx, acc);
+        Tiles::mac(bx, acc, X, Wt, i0, j0, n, w, in_w);
+        Tiles::store(bx, acc, i0, j0, n, w, [&](int i, int j, T v) {
           v += bias[j];
           y[i * w + j] = v > T(0) ? v : T(0);
         });
@@ -377,7 +250,7 @@ OBD_HD void forward_steps(Exec& ex, const ForwardArgs<T>& f) {
     for (int l = L - 1; l >= 0; --l) {
       const int in_w = net.widths[l], w = net.widths[l + 1];
       const T* P = rec + f.rec.grad[l];
-      const Tiles tw(update ? w : 0, in_w), tp(l > 0 ? n : 0, in_w);
+      const TileGrid tw(update ? w : 0, in_w), tp(l > 0 ? n : 0, in_w);
       const Mat<T> Pt{P, 1, w}, X{input(l), in_w, 1};  // P^T (w x n), A_{l-1} (n x in_w)
       const Mat<T> Pm{P, w, 1}, Wm{theta + net.w_off[l], in_w, 1};
       T* p_prev = l > 0 ? rec + f.rec.grad[l - 1] : nullptr;
@@ -389,18 +262,18 @@ OBD_HD void forward_steps(Exec& ex, const ForwardArgs<T>& f) {
       ex.phase(
           tw.count + tp.count,
           [&](Block& bx, int b) {
-            AccT acc;
-            block_zero<T>(bx, acc);
+            typename Tiles::Acc acc;
+            Tiles::zero(bx, acc);
             if (b < tw.count) {  // dW_l = P_l^T A_{l-1}
               const int i0 = b / tw.cols * kTile, j0 = b % tw.cols * kTile;
-              block_mac<T>(bx, acc, Pt, X, i0, j0, w, in_w, n);
-              block_store<T>(bx, acc, i0, j0, w, in_w, [&](int i, int j, T v) {
+              Tiles::mac(bx, acc, Pt, X, i0, j0, w, in_w, n);
+              Tiles::store(bx, acc, i0, j0, w, in_w, [&](int i, int j, T v) {
                 sgd_at(f, theta, theta_next, net.w_off[l] + i * in_w + j, v);
               });
             } else {  // P_{l-1} = mask * (P_l W_l)
               const int bb = b - tw.count, i0 = bb / tp.cols * kTile, j0 = bb % tp.cols * kTile;
-              block_mac<T>(bx, acc, Pm, Wm, i0, j0, n, in_w, w);
-              block_store<T>(bx, acc, i0, j0, n, in_w, [&](int i, int j, T v) {
+              Tiles::mac(bx, acc, Pm, Wm, i0, j0, n, in_w, w);
+              Tiles::store(bx, acc, i0, j0, n, in_w, [&](int i, int j, T v) {
                 const int e = i * in_w + j;
                 p_prev[e] = mask[e] > T(0) ? v : T(0);
               });
@@ -429,10 +302,10 @@ OBD_HD void forward_steps(Exec& ex, const ForwardArgs<T>& f) {
 // Reverse: steps t1-1 .. t0 (mlp.cpp's hessian_vector, with the adjoint step fused into the
 // epilogues of H u). phases_per_step(L) phases per step, plus one at the end when u ends in
 // u_alt.
-template <typename T, typename Exec>
+template <typename T, template <typename, typename> class TilesT, typename Exec>
 OBD_HD void reverse_steps(Exec& ex, const ReverseArgs<T>& r) {
   using Block = typename Exec::Block;
-  using AccT = typename Block::template Local<Acc<T>>;
+  using Tiles = TilesT<T, Block>;
   const Net& net = r.net;
   const int L = net.L, n = r.n, act = net.act, out_w = net.widths[L];
   T* u_cur = r.u;
@@ -449,7 +322,7 @@ OBD_HD void reverse_steps(Exec& ex, const ReverseArgs<T>& r) {
     // Tangent forward along u: Adot_l = mask_l * (A_{l-1} U_l^T + c_l + Adot_{l-1} W_l^T).
     for (int l = 0; l <= L - 2; ++l) {
       const int in_w = net.widths[l], w = net.widths[l + 1];
-      const Tiles tiles(n, w);
+      const TileGrid tiles(n, w);
       const Mat<T> X{input(l), in_w, 1}, Ut{u + net.w_off[l], 1, in_w};
       const Mat<T> Ad{l > 0 ? r.tangent + r.tan_off[l - 1] : nullptr, in_w, 1}, Wt{theta + net.w_off[l], 1, in_w};
       const T* c = u + net.b_off[l];
@@ -457,11 +330,11 @@ OBD_HD void reverse_steps(Exec& ex, const ReverseArgs<T>& r) {
       T* y = r.tangent + r.tan_off[l];
       block_phase(ex, tiles.count, [&](Block& bx, int b) {
         const int i0 = b / tiles.cols * kTile, j0 = b % tiles.cols * kTile;
-        AccT acc;
-        block_zero<T>(bx, acc);
-        block_mac<T>(bx, acc, X, Ut, i0, j0, n, w, in_w);
-        if (l > 0) block_mac<T>(bx, acc, Ad, Wt, i0, j0, n, w, in_w);
-        block_store<T>(bx, acc, i0, j0, n, w, [&](int i, int j, T v) {
+        typename Tiles::Acc acc;
+        Tiles::zero(bx, acc);
+        Tiles::mac(bx, acc, X, Ut, i0, j0, n, w, in_w);
+        if (l > 0) Tiles::mac(bx, acc, Ad, Wt, i0, j0, n, w, in_w);
+        Tiles::store(bx, acc, i0, j0, n, w, [&](int i, int j, T v) {
           const int e = i * w + j;
           y[e] = mask[e] > T(0) ? v + c[j] : T(0);
         });
@@ -507,7 +380,7 @@ OBD_HD void reverse_steps(Exec& ex, const ReverseArgs<T>& r) {
       const int in_w = net.widths[l], w = net.widths[l + 1];
       const T* Q = r.q + r.tan_off[l];
       const T* P = rec + r.rec.grad[l];
-      const Tiles tw(w, in_w), tp(l > 0 || r.d_obs != nullptr ? n : 0, in_w);
+      const TileGrid tw(w, in_w), tp(l > 0 || r.d_obs != nullptr ? n : 0, in_w);
       const Mat<T> Qt{Q, 1, w}, Pt{P, 1, w}, X{input(l), in_w, 1};
       const Mat<T> Ad{l > 0 ? r.tangent + r.tan_off[l - 1] : nullptr, in_w, 1};
       const Mat<T> Qm{Q, w, 1}, Pm{P, w, 1}, Wm{theta + net.w_off[l], in_w, 1}, Um{u + net.w_off[l], in_w, 1};
@@ -517,20 +390,20 @@ OBD_HD void reverse_steps(Exec& ex, const ReverseArgs<T>& r) {
       ex.phase(
           tw.count + tp.count,
           [&](Block& bx, int b) {
-            AccT acc;
-            block_zero<T>(bx, acc);
+            typename Tiles::Acc acc;
+            Tiles::zero(bx, acc);
             if (b < tw.count) {
               const int i0 = b / tw.cols * kTile, j0 = b % tw.cols * kTile;
-              block_mac<T>(bx, acc, Qt, X, i0, j0, w, in_w, n);
-              if (l > 0) block_mac<T>(bx, acc, Pt, Ad, i0, j0, w, in_w, n);
-              block_store<T>(bx, acc, i0, j0, w, in_w, [&](int i, int j, T v) {
+              Tiles::mac(bx, acc, Qt, X, i0, j0, w, in_w, n);
+              if (l > 0) Tiles::mac(bx, acc, Pt, Ad, i0, j0, w, in_w, n);
+              Tiles::store(bx, acc, i0, j0, w, in_w, [&](int i, int j, T v) {
                 adjoint_at(r, u, u_out, net.w_off[l] + i * in_w + j, v);
               });
             } else {
               const int bb = b - tw.count, i0 = bb / tp.cols * kTile, j0 = bb % tp.cols * kTile;
-              block_mac<T>(bx, acc, Qm, Wm, i0, j0, n, in_w, w);
-              block_mac<T>(bx, acc, Pm, Um, i0, j0, n, in_w, w);
-              block_store<T>(bx, acc, i0, j0, n, in_w, [&](int i, int j, T v) {
+              Tiles::mac(bx, acc, Qm, Wm, i0, j0, n, in_w, w);
+              Tiles::mac(bx, acc, Pm, Um, i0, j0, n, in_w, w);
+              Tiles::store(bx, acc, i0, j0, n, in_w, [&](int i, int j, T v) {
                 const int e = i * in_w + j;
                 if (l > 0) {
                   q_prev[e] = mask[e] > T(0) ? v : T(0);

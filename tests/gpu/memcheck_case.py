@@ -1,5 +1,5 @@
 """A small fused CUDA case for compute-sanitizer (run by test_cuda_backend.test_memcheck_small_case):
-both heads, with and without checkpoints, through the grid program and the ATen path."""
+both heads, with and without checkpoints, through the grid program (both tile kinds) and the ATen path."""
 import os
 
 import torch
@@ -7,8 +7,9 @@ import torch
 import obd_fast
 from obd_fast import PolicySpec
 
-for kernel, head in [(k, h) for k in ("grid", "library") for h in ("gaussian", "tanh")]:
-    os.environ["OBD_FAST_STEP_KERNEL"] = kernel
+for kernel, tiles, head in [(k, t, h) for k, t in (("grid", "slice"), ("grid", "ksplit"), ("library", "slice"))
+                            for h in ("gaussian", "tanh")]:
+    os.environ["OBD_FAST_STEP_KERNEL"], os.environ["OBD_FAST_GRID_TILES"] = kernel, tiles
     spec = PolicySpec(5, 2, (13, 40), head=head)  # 40: two column tiles, one partial
     dev = torch.device("cuda")
     g = torch.Generator().manual_seed(0)

@@ -17,9 +17,11 @@ CUDA = torch.device("cuda")
 
 # The inner steps run either as the grid program's cooperative kernels (the default on CUDA; one
 # block per multiprocessor, or only 3 blocks, so every phase has more items than blocks and
-# threads) or through the ATen path (cuBLAS products and the elementwise kernels).
+# threads; SliceTiles or KSplitTiles) or through the ATen path (cuBLAS products and the
+# elementwise kernels).
 STEP_KERNELS = {"grid": dict(OBD_FAST_STEP_KERNEL="grid"),
                 "grid-3blocks": dict(OBD_FAST_STEP_KERNEL="grid", OBD_FAST_GRID_BLOCKS="3"),
+                "grid-ksplit": dict(OBD_FAST_STEP_KERNEL="grid", OBD_FAST_GRID_TILES="ksplit"),
                 "library": dict(OBD_FAST_STEP_KERNEL="library")}
 
 
