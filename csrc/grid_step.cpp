@@ -4,6 +4,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <type_traits>
 
 #include "grid/program.h"
 
@@ -108,49 +109,69 @@ const T* ptr_or_null(const at::Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
 }
 
+// The fields both phases share.
 template <typename T>
-void forward_typed(const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& syn_obs, const at::Tensor& syn_act,
-                   const at::Tensor& noise, int64_t t0, int64_t t1, const at::Tensor& thetas,
-                   const at::Tensor& records, const at::Tensor& buf, bool last_update) {
+void fill_step_args(grid::StepArgs<T>& s, const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& syn_obs,
+                    const at::Tensor& syn_act, const at::Tensor& noise, const at::Tensor& records, int64_t t0,
+                    int64_t t1) {
   const int64_t n = syn_obs.size(0);
-  grid::ForwardArgs<T> f;
-  f.net = make_net(mlp);
-  f.rec = make_record_layout(mlp, records.select(0, 0), n);
-  f.n = static_cast<int>(n);
-  f.obs = syn_obs.data_ptr<T>();
-  f.target = syn_act.data_ptr<T>();
-  f.noise = mlp.gaussian ? ptr_or_null<T>(noise) : nullptr;
-  f.thetas = thetas.data_ptr<T>();
-  f.records = records.data_ptr<T>();
-  f.rec_stride = records.size(0) == 1 ? 0 : records.stride(0);
-  f.buf = buf.defined() ? buf.data_ptr<T>() : nullptr;
-  const auto opts = syn_obs.options();
-  const int64_t dots = n * mlp.widths.back() * grid::kDotSplit;
-  // One allocation for the scratch: the head's terms, the split dot products, chunk sums.
-  const at::Tensor scratch = at::empty({3 * n * mlp.act + dots + 2 * grid::kSumChunks}, opts);
-  f.partials = scratch.data_ptr<T>();
-  f.dots = f.partials + 3 * n * mlp.act;
-  f.sums = f.dots + dots;
-  f.lr = static_cast<T>(cfg.lr);
-  f.momentum = static_cast<T>(cfg.momentum);
-  f.weight_decay = static_cast<T>(cfg.weight_decay);
-  f.t0 = static_cast<int>(t0);
-  f.t1 = static_cast<int>(t1);
-  f.last_update = last_update;
-  if (syn_obs.is_cuda()) {
+  s.net = make_net(mlp);
+  s.rec = make_record_layout(mlp, records.select(0, 0), n);
+  s.n = static_cast<int>(n);
+  s.obs = syn_obs.data_ptr<T>();
+  s.target = syn_act.data_ptr<T>();
+  s.noise = mlp.gaussian ? ptr_or_null<T>(noise) : nullptr;
+  s.rec_stride = records.size(0) == 1 ? 0 : records.stride(0);
+  s.lr = static_cast<T>(cfg.lr);
+  s.momentum = static_cast<T>(cfg.momentum);
+  s.weight_decay = static_cast<T>(cfg.weight_decay);
+  s.t0 = static_cast<int>(t0);
+  s.t1 = static_cast<int>(t1);
+}
+
+// Runs a phase (forward_steps or reverse_steps) on the tensors' device with the chosen tiles.
+template <typename T, template <typename> class Args>
+void execute(const Args<T>& args, const at::Device& device) {
+  constexpr bool kForward = std::is_same_v<Args<T>, grid::ForwardArgs<T>>;
+  const bool ksplit = ksplit_tiles();
+  if (device.is_cuda()) {
 #ifdef OBD_FAST_WITH_CUDA
-    cuda::grid_forward(f, ksplit_tiles(), grid_blocks(), syn_obs.device());
+    if constexpr (kForward) {
+      cuda::grid_forward(args, ksplit, grid_blocks(), device);
+    } else {
+      cuda::grid_reverse(args, ksplit, grid_blocks(), device);
+    }
     return;
 #else
     TORCH_CHECK(false, "obd_fast was built without CUDA support; rebuild with a CUDA build of torch and nvcc");
 #endif
   }
   auto ex = std::make_unique<SerialExec>();
-  if (ksplit_tiles()) {
-    grid::forward_steps<T, grid::KSplitTiles>(*ex, f);
+  if constexpr (kForward) {
+    ksplit ? grid::forward_steps<T, grid::KSplitTiles>(*ex, args) : grid::forward_steps<T, grid::SliceTiles>(*ex, args);
   } else {
-    grid::forward_steps<T, grid::SliceTiles>(*ex, f);
+    ksplit ? grid::reverse_steps<T, grid::KSplitTiles>(*ex, args) : grid::reverse_steps<T, grid::SliceTiles>(*ex, args);
   }
+}
+
+template <typename T>
+void forward_typed(const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& syn_obs, const at::Tensor& syn_act,
+                   const at::Tensor& noise, int64_t t0, int64_t t1, const at::Tensor& thetas,
+                   const at::Tensor& records, const at::Tensor& buf, bool last_update) {
+  const int64_t n = syn_obs.size(0);
+  grid::ForwardArgs<T> f;
+  fill_step_args<T>(f, mlp, cfg, syn_obs, syn_act, noise, records, t0, t1);
+  f.thetas = thetas.data_ptr<T>();
+  f.records = records.data_ptr<T>();
+  f.buf = buf.defined() ? buf.data_ptr<T>() : nullptr;
+  const int64_t dots = n * mlp.widths.back() * grid::kDotSplit;
+  // One allocation for the scratch: the head's terms, the split dot products, chunk sums.
+  const at::Tensor scratch = at::empty({3 * n * mlp.act + dots + 2 * grid::kSumChunks}, syn_obs.options());
+  f.partials = scratch.data_ptr<T>();
+  f.dots = f.partials + 3 * n * mlp.act;
+  f.sums = f.dots + dots;
+  f.last_update = last_update;
+  execute(f, syn_obs.device());
 }
 
 template <typename T>
@@ -160,15 +181,9 @@ void reverse_typed(const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& syn
                    const at::Tensor& d_act) {
   const int64_t n = syn_obs.size(0), L = mlp.layers();
   grid::ReverseArgs<T> r;
-  r.net = make_net(mlp);
-  r.rec = make_record_layout(mlp, records.select(0, 0), n);
-  r.n = static_cast<int>(n);
-  r.obs = syn_obs.data_ptr<T>();
-  r.target = syn_act.data_ptr<T>();
-  r.noise = mlp.gaussian ? ptr_or_null<T>(noise) : nullptr;
+  fill_step_args<T>(r, mlp, cfg, syn_obs, syn_act, noise, records, t0, t1);
   r.thetas = thetas.data_ptr<T>();
   r.records = records.data_ptr<T>();
-  r.rec_stride = records.stride(0);
   r.a = a.data_ptr<T>();
   r.u = u.data_ptr<T>();
   r.d_obs = d_obs.defined() ? d_obs.data_ptr<T>() : nullptr;
@@ -178,37 +193,18 @@ void reverse_typed(const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& syn
     r.tan_off[l] = static_cast<int>(tangent_total);
     tangent_total += n * mlp.widths[l + 1];
   }
-  const auto opts = syn_obs.options();
   const int64_t dots = n * mlp.widths.back() * grid::kDotSplit;
   // One allocation for the scratch: u_alt, tangents, Q, the head's terms, the split dot
   // products, chunk sums.
-  const at::Tensor scratch =
-      at::empty({mlp.num_params + 2 * tangent_total + 2 * n * mlp.act + dots + 2 * grid::kSumChunks}, opts);
+  const at::Tensor scratch = at::empty(
+      {mlp.num_params + 2 * tangent_total + 2 * n * mlp.act + dots + 2 * grid::kSumChunks}, syn_obs.options());
   r.u_alt = scratch.data_ptr<T>();
   r.tangent = r.u_alt + mlp.num_params;
   r.q = r.tangent + tangent_total;
   r.partials = r.q + tangent_total;
   r.dots = r.partials + 2 * n * mlp.act;
   r.sums = r.dots + dots;
-  r.lr = static_cast<T>(cfg.lr);
-  r.momentum = static_cast<T>(cfg.momentum);
-  r.weight_decay = static_cast<T>(cfg.weight_decay);
-  r.t0 = static_cast<int>(t0);
-  r.t1 = static_cast<int>(t1);
-  if (syn_obs.is_cuda()) {
-#ifdef OBD_FAST_WITH_CUDA
-    cuda::grid_reverse(r, ksplit_tiles(), grid_blocks(), syn_obs.device());
-    return;
-#else
-    TORCH_CHECK(false, "obd_fast was built without CUDA support; rebuild with a CUDA build of torch and nvcc");
-#endif
-  }
-  auto ex = std::make_unique<SerialExec>();
-  if (ksplit_tiles()) {
-    grid::reverse_steps<T, grid::KSplitTiles>(*ex, r);
-  } else {
-    grid::reverse_steps<T, grid::SliceTiles>(*ex, r);
-  }
+  execute(r, syn_obs.device());
 }
 
 }  // namespace

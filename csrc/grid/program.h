@@ -48,38 +48,37 @@ struct RecordLayout {
   int act[kMaxLayers] = {}, grad[kMaxLayers] = {}, z_out = 0;
 };
 
+// What the forward and the reverse phase share: the network, the record layout, the synthetic
+// batch, the inner optimizer and the steps t0 .. t1-1 of the segment.
 template <typename T>
-struct ForwardArgs {
+struct StepArgs {
   Net net;
   RecordLayout rec;
   int n = 0;                     // synthetic rows
   const T* obs = nullptr;        // (n, obs_dim)
   const T* target = nullptr;     // (n, act)
   const T* noise = nullptr;      // (steps, n, act) of the whole unroll, or null
-  T* thetas = nullptr;           // row k: theta_{t0 + k}; rows 1 .. t1 - t0 are written
-  T* records = nullptr;          // slot k at records + k * rec_stride (rec_stride 0: one slot)
-  long long rec_stride = 0;
-  T* buf = nullptr;              // momentum buffer or null
-  T* partials = nullptr;         // scratch: 3 * n * act
-  T* dots = nullptr;             // scratch: n * out * kDotSplit (split dot products of the last layer)
-  T* sums = nullptr;             // scratch: 2 * kSumChunks (chunk sums of the head's partial terms)
+  long long rec_stride = 0;      // slot k of the records at records + k * rec_stride
   T lr = 0, momentum = 0, weight_decay = 0;
   int t0 = 0, t1 = 0;
-  bool last_update = true;       // false: the last step only fills its record
   unsigned long long* profile = nullptr;  // GPU only: a timestamp after each phase, or null
 };
 
 template <typename T>
-struct ReverseArgs {
-  Net net;
-  RecordLayout rec;
-  int n = 0;
-  const T* obs = nullptr;
-  const T* target = nullptr;
-  const T* noise = nullptr;
+struct ForwardArgs : StepArgs<T> {
+  T* thetas = nullptr;           // row k: theta_{t0 + k}; rows 1 .. t1 - t0 are written
+  T* records = nullptr;          // rec_stride 0: one slot reused by every step
+  T* buf = nullptr;              // momentum buffer or null
+  T* partials = nullptr;         // scratch: 3 * n * act
+  T* dots = nullptr;             // scratch: n * out * kDotSplit (split dot products of the last layer)
+  T* sums = nullptr;             // scratch: 2 * kSumChunks (chunk sums of the head's partial terms)
+  bool last_update = true;       // false: the last step only fills its record
+};
+
+template <typename T>
+struct ReverseArgs : StepArgs<T> {
   const T* thetas = nullptr;     // row k: theta_{t0 + k}
   const T* records = nullptr;    // slot k: step t0 + k
-  long long rec_stride = 0;
   T* a = nullptr;                // adjoint of theta, updated in place
   T* u = nullptr;                // adjoint of the update direction; holds the result at the end
   T* u_alt = nullptr;            // scratch: P (u is double-buffered within the kernel)
@@ -91,9 +90,6 @@ struct ReverseArgs {
   T* dots = nullptr;             // scratch: n * out * kDotSplit
   T* sums = nullptr;             // scratch: 2 * kSumChunks
   int tan_off[kMaxLayers] = {};
-  T lr = 0, momentum = 0, weight_decay = 0;
-  int t0 = 0, t1 = 0;
-  unsigned long long* profile = nullptr;
 };
 
 // sum over r of x[r * stride] for r < count, in 8 interleaved partial sums (independent loads
