@@ -40,17 +40,27 @@ void print_profile(const at::Tensor& stamps_dev, const char* what, const char* d
   std::fprintf(stderr, "\n");
 }
 
+// A failed cooperative launch (a GPU or driver mode without it, or a kernel that does not fit
+// one block per multiprocessor) names the way around it.
+void check_launch(cudaError_t err, const char* what) {
+  if (err == cudaErrorCooperativeLaunchTooLarge || err == cudaErrorNotSupported) {
+    TORCH_CHECK(false, "obd_fast: the grid program's cooperative ", what, " kernel cannot run on this GPU (",
+                cudaGetErrorString(err), "); set OBD_FAST_STEP_KERNEL=library to use the ATen path");
+  }
+  C10_CUDA_CHECK(err);
+}
+
 template <typename Args, typename Launch>
 void launch_maybe_profiled(Args args, const at::Device& device, const char* what, Launch launch) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (!profiling(stream)) {
-    C10_CUDA_CHECK(launch(args, stream));
+    check_launch(launch(args, stream), what);
     return;
   }
   const int steps = args.t1 - args.t0, per_step = grid::phases_per_step(args.net.L);
   const at::Tensor stamps = at::zeros({steps * per_step + 2}, at::TensorOptions().dtype(at::kLong).device(device));
   args.profile = reinterpret_cast<unsigned long long*>(stamps.data_ptr<int64_t>());
-  C10_CUDA_CHECK(launch(args, stream));
+  check_launch(launch(args, stream), what);
   print_profile(stamps, what, sizeof(args.lr) == 4 ? "float32" : "float64", steps, per_step);
 }
 
