@@ -1,7 +1,11 @@
 """Where the GPU time of one fused meta-gradient goes: kernels by total CUDA time, and how many
 launches each inner step makes. For planning kernel fusion (issue 7).
 
-    python benchmarks/gpu_profile.py [--steps 10] [--precision native|tf32|bf16]
+    OBD_FAST_STEP_KERNEL=library python benchmarks/gpu_profile.py [--steps 10] [--precision native|tf32|bf16]
+
+With the grid program (the default on CUDA) the inner steps are two cooperative kernels per
+segment, so this table says little about them: OBD_FAST_GRID_PROFILE=1 prints their per-phase
+times instead (benchmarks/gpu_meta_gradient.py does both).
 """
 import argparse
 import os
