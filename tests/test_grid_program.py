@@ -112,3 +112,39 @@ def test_unknown_grid_settings_are_rejected(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(RuntimeError, match=name):
         meta(odd_case("tanh", 1, seed=0), lr=0.1)
+
+
+# -- random shapes (hypothesis): the grid program agrees with the ATen path ---------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def grid_cases(draw):
+    head = draw(st.sampled_from(["gaussian", "tanh"]))
+    hidden = tuple(draw(st.lists(st.integers(1, 70), min_size=1, max_size=3)))
+    spec = dict(obs_dim=draw(st.integers(1, 9)), act_dim=draw(st.integers(1, 4)), hidden=hidden, head=head,
+                max_action=draw(st.sampled_from([1.0, 2.5])))
+    steps = draw(st.integers(1, 4))
+    case = make_case(spec, draw(st.integers(1, 70)), draw(st.integers(1, 9)), steps, torch.float64,
+                     seed=draw(st.integers(0, 10_000)), noise=draw(st.booleans()))
+    hyper = dict(lr=draw(st.sampled_from([0.05, 0.3])), momentum=draw(st.sampled_from([0.0, 0.5])),
+                 weight_decay=draw(st.sampled_from([0.0, 1e-2])),
+                 checkpoint_every=draw(st.sampled_from([None, 1, 2, 3])))
+    return case, hyper, draw(st.sampled_from(["slice", "ksplit"]))
+
+
+@settings(max_examples=80, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+@given(grid_cases())
+def test_grid_program_random_shapes_match_the_aten_path(args):
+    # Widths and row counts from 1 (a single row, a one-unit layer, one action) to past two tiles.
+    case, hyper, tiles = args
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OBD_FAST_STEP_KERNEL", "library")
+        lib = meta(case, **hyper)
+        mp.setenv("OBD_FAST_STEP_KERNEL", "grid")
+        mp.setenv("OBD_FAST_GRID_TILES", tiles)
+        grd = meta(case, **hyper)
+    for g, w in zip(grd, lib):
+        assert g.shape == w.shape and rel_err(g, w) <= 1e-10, (rel_err(g, w), hyper, tiles)
