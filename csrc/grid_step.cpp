@@ -215,7 +215,8 @@ bool use_grid_program(const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& 
               "obd_fast: OBD_FAST_STEP_KERNEL must be auto, grid or library, got '", mode, "'");
   if (mode == "library") return false;
   if (mode == "auto" && !like.is_cuda()) return false;
-  const bool fits = mlp.layers() <= grid::kMaxLayers &&
+  // (The program reads the last hidden layer's tangent, so it needs L >= 2, as Mlp does.)
+  const bool fits = mlp.layers() >= 2 && mlp.layers() <= grid::kMaxLayers &&
                     n * (2 * mlp.hidden_total() + 2 * mlp.widths.back()) < std::numeric_limits<int>::max() &&
                     mlp.num_params < std::numeric_limits<int>::max() / 2;
   return fits && cfg.precision == Precision::kNative && !cfg.compact_records &&
