@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "grid/program.h"
+#include "head_args.h"
 
 namespace obd_fast {
 
@@ -104,11 +105,6 @@ grid::RecordLayout make_record_layout(const Mlp& mlp, const at::Tensor& slot, in
   return r;
 }
 
-template <typename T>
-const T* ptr_or_null(const at::Tensor& t) {
-  return t.defined() ? t.data_ptr<T>() : nullptr;
-}
-
 // The fields both phases share.
 template <typename T>
 void fill_step_args(grid::StepArgs<T>& s, const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& syn_obs,
@@ -163,7 +159,7 @@ void forward_typed(const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& syn
   fill_step_args<T>(f, mlp, cfg, syn_obs, syn_act, noise, records, t0, t1);
   f.thetas = thetas.data_ptr<T>();
   f.records = records.data_ptr<T>();
-  f.buf = buf.defined() ? buf.data_ptr<T>() : nullptr;
+  f.buf = mut_ptr_or_null<T>(buf);
   const int64_t dots = n * mlp.widths.back() * grid::kDotSplit;
   // One allocation for the scratch: the head's terms, the split dot products, chunk sums.
   const at::Tensor scratch = at::empty({3 * n * mlp.act + dots + 2 * grid::kSumChunks}, syn_obs.options());
@@ -186,7 +182,7 @@ void reverse_typed(const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& syn
   r.records = records.data_ptr<T>();
   r.a = a.data_ptr<T>();
   r.u = u.data_ptr<T>();
-  r.d_obs = d_obs.defined() ? d_obs.data_ptr<T>() : nullptr;
+  r.d_obs = mut_ptr_or_null<T>(d_obs);
   r.d_target = d_act.data_ptr<T>();
   int64_t tangent_total = 0;
   for (int64_t l = 0; l < L; ++l) {

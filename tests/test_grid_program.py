@@ -4,6 +4,8 @@ every index, epilogue and phase boundary of it is checked here against the indep
 unroll, at odd sizes, with both heads, momentum, weight decay and checkpoints."""
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import obd_fast
 from helpers import (GRID, case_meta_gradient, check_against_plain, gradcheck_unroll, make_case, odd_case, rel_err,
@@ -115,9 +117,6 @@ def test_unknown_grid_settings_are_rejected(monkeypatch, name, value):
 
 
 # -- random shapes (hypothesis): the grid program agrees with the ATen path ---------------------
-
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 
 @st.composite

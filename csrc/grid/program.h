@@ -110,6 +110,25 @@ OBD_HD T chunk_sum(const T* x, int count, int chunk) {
   return chunk < count ? strided_sum(x + chunk, (count - chunk + kSumChunks - 1) / kSumChunks, kSumChunks) : T(0);
 }
 
+// The (m, o) entries of a gradient or of H u, from the head's per-element terms m_terms and
+// o_terms (n * act each): kSumChunks items of chunk sums in the phase of layer L-1, then one item
+// that totals them in the phase of layer L-2 and hands them to apply(m_total, o_total).
+OBD_HD int head_scalar_items(const Net& net, int l, bool wanted) {
+  if (!wanted || !net.gaussian) return 0;
+  return l == net.L - 1 ? kSumChunks : (l == net.L - 2 ? 1 : 0);
+}
+
+template <typename T, typename Apply>
+OBD_HD void head_scalar_item(const Net& net, int l, int chunk, const T* m_terms, const T* o_terms, int total, T* sums,
+                             Apply&& apply) {
+  if (l == net.L - 1) {
+    sums[chunk] = chunk_sum(m_terms, total, chunk);
+    sums[kSumChunks + chunk] = chunk_sum(o_terms, total, chunk);
+  } else {
+    apply(strided_sum(sums, kSumChunks, 1), strided_sum(sums + kSumChunks, kSumChunks, 1));
+  }
+}
+
 // Slice `part` of the dot product of x and y (length K): k = part, part + kDotSplit, ...
 template <typename T>
 OBD_HD T dot_slice(const T* x, const T* y, int K, int part) {
@@ -201,7 +220,7 @@ OBD_HD void forward_steps(Exec& ex, const ForwardArgs<T>& f) {
       const T* bias = theta + net.b_off[l];
       T* y = rec + f.rec.act[l];
       block_phase(ex, tiles.count, [&](Block& bx, int b) {
-        const int i0 = b / tiles.cols * kTile, j0 = b % tiles.cols * kTile;
+        const int i0 = tiles.row0(b), j0 = tiles.col0(b);
         typename Tiles::Acc acc;
         Tiles::zero(bx, acc);
         Tiles::mac(bx, acc, X, Wt, i0, j0, n, w, in_w);
@@ -251,23 +270,20 @@ OBD_HD void forward_steps(Exec& ex, const ForwardArgs<T>& f) {
       const Mat<T> Pm{P, w, 1}, Wm{theta + net.w_off[l], in_w, 1};
       T* p_prev = l > 0 ? rec + f.rec.grad[l - 1] : nullptr;
       const T* mask = l > 0 ? rec + f.rec.act[l - 1] : nullptr;
-      const int n_b = update ? w : 0;
-      // (m, o): chunk sums of the head's terms at layer L-1, their total (and SGD) at L-2.
-      const bool scalars = update && net.gaussian;
-      const int n_s = scalars && l == L - 1 ? kSumChunks : (scalars && l == L - 2 ? 1 : 0);
+      const int n_b = update ? w : 0, n_s = head_scalar_items(net, l, update);
       ex.phase(
           tw.count + tp.count,
           [&](Block& bx, int b) {
             typename Tiles::Acc acc;
             Tiles::zero(bx, acc);
             if (b < tw.count) {  // dW_l = P_l^T A_{l-1}
-              const int i0 = b / tw.cols * kTile, j0 = b % tw.cols * kTile;
+              const int i0 = tw.row0(b), j0 = tw.col0(b);
               Tiles::mac(bx, acc, Pt, X, i0, j0, w, in_w, n);
               Tiles::store(bx, acc, i0, j0, w, in_w, [&](int i, int j, T v) {
                 sgd_at(f, theta, theta_next, net.w_off[l] + i * in_w + j, v);
               });
             } else {  // P_{l-1} = mask * (P_l W_l)
-              const int bb = b - tw.count, i0 = bb / tp.cols * kTile, j0 = bb % tp.cols * kTile;
+              const int i0 = tp.row0(b - tw.count), j0 = tp.col0(b - tw.count);
               Tiles::mac(bx, acc, Pm, Wm, i0, j0, n, in_w, w);
               Tiles::store(bx, acc, i0, j0, n, in_w, [&](int i, int j, T v) {
                 const int e = i * in_w + j;
@@ -281,14 +297,12 @@ OBD_HD void forward_steps(Exec& ex, const ForwardArgs<T>& f) {
               sgd_at(f, theta, theta_next, net.b_off[l] + item, strided_sum(P + item, n, w));
               return;
             }
-            const int total = n * act, chunk = item - n_b;
-            if (l == L - 1) {
-              for (int q = 0; q < 2; ++q)
-                f.sums[q * kSumChunks + chunk] = chunk_sum(f.partials + (q + 1) * total, total, chunk);
-            } else {
-              sgd_at(f, theta, theta_next, net.head_off, strided_sum(f.sums, kSumChunks, 1));
-              sgd_at(f, theta, theta_next, net.head_off + 1, strided_sum(f.sums + kSumChunks, kSumChunks, 1));
-            }
+            const int total = n * act;  // partials: loss, d/dm, d/do terms
+            head_scalar_item(net, l, item - n_b, f.partials + total, f.partials + 2 * total, total, f.sums,
+                             [&](T gm, T go) {
+                               sgd_at(f, theta, theta_next, net.head_off, gm);
+                               sgd_at(f, theta, theta_next, net.head_off + 1, go);
+                             });
           });
     }
   }
@@ -325,7 +339,7 @@ OBD_HD void reverse_steps(Exec& ex, const ReverseArgs<T>& r) {
       const T* mask = rec + r.rec.act[l];
       T* y = r.tangent + r.tan_off[l];
       block_phase(ex, tiles.count, [&](Block& bx, int b) {
-        const int i0 = b / tiles.cols * kTile, j0 = b % tiles.cols * kTile;
+        const int i0 = tiles.row0(b), j0 = tiles.col0(b);
         typename Tiles::Acc acc;
         Tiles::zero(bx, acc);
         Tiles::mac(bx, acc, X, Ut, i0, j0, n, w, in_w);
@@ -382,21 +396,21 @@ OBD_HD void reverse_steps(Exec& ex, const ReverseArgs<T>& r) {
       const Mat<T> Qm{Q, w, 1}, Pm{P, w, 1}, Wm{theta + net.w_off[l], in_w, 1}, Um{u + net.w_off[l], in_w, 1};
       T* q_prev = l > 0 ? r.q + r.tan_off[l - 1] : r.d_obs;
       const T* mask = l > 0 ? rec + r.rec.act[l - 1] : nullptr;
-      const int n_s = net.gaussian ? (l == L - 1 ? kSumChunks : (l == L - 2 ? 1 : 0)) : 0;
+      const int n_s = head_scalar_items(net, l, true);
       ex.phase(
           tw.count + tp.count,
           [&](Block& bx, int b) {
             typename Tiles::Acc acc;
             Tiles::zero(bx, acc);
             if (b < tw.count) {
-              const int i0 = b / tw.cols * kTile, j0 = b % tw.cols * kTile;
+              const int i0 = tw.row0(b), j0 = tw.col0(b);
               Tiles::mac(bx, acc, Qt, X, i0, j0, w, in_w, n);
               if (l > 0) Tiles::mac(bx, acc, Pt, Ad, i0, j0, w, in_w, n);
               Tiles::store(bx, acc, i0, j0, w, in_w, [&](int i, int j, T v) {
                 adjoint_at(r, u, u_out, net.w_off[l] + i * in_w + j, v);
               });
             } else {
-              const int bb = b - tw.count, i0 = bb / tp.cols * kTile, j0 = bb % tp.cols * kTile;
+              const int i0 = tp.row0(b - tw.count), j0 = tp.col0(b - tw.count);
               Tiles::mac(bx, acc, Qm, Wm, i0, j0, n, in_w, w);
               Tiles::mac(bx, acc, Pm, Um, i0, j0, n, in_w, w);
               Tiles::store(bx, acc, i0, j0, n, in_w, [&](int i, int j, T v) {
@@ -415,14 +429,11 @@ OBD_HD void reverse_steps(Exec& ex, const ReverseArgs<T>& r) {
               adjoint_at(r, u, u_out, net.b_off[l] + item, strided_sum(Q + item, n, w));
               return;
             }
-            const int total = n * act, chunk = item - w;
-            if (l == L - 1) {  // (H u) for (m, o): chunk sums at L-1, totals at L-2
-              for (int qq = 0; qq < 2; ++qq)
-                r.sums[qq * kSumChunks + chunk] = chunk_sum(r.partials + qq * total, total, chunk);
-            } else {
-              adjoint_at(r, u, u_out, net.head_off, strided_sum(r.sums, kSumChunks, 1));
-              adjoint_at(r, u, u_out, net.head_off + 1, strided_sum(r.sums + kSumChunks, kSumChunks, 1));
-            }
+            const int total = n * act;  // partials: d/dm, d/do terms of H u
+            head_scalar_item(net, l, item - w, r.partials, r.partials + total, total, r.sums, [&](T hm, T ho) {
+              adjoint_at(r, u, u_out, net.head_off, hm);
+              adjoint_at(r, u, u_out, net.head_off + 1, ho);
+            });
           });
     }
     u_cur = u_out;

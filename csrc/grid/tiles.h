@@ -38,6 +38,8 @@ struct TileGrid {
   OBD_HD TileGrid(int M_, int N_) : M(M_), N(N_), cols((N_ + kTile - 1) / kTile), count(0) {
     count = M > 0 && N > 0 ? ((M + kTile - 1) / kTile) * cols : 0;
   }
+  OBD_HD int row0(int b) const { return b / cols * kTile; }  // first row and column of tile b
+  OBD_HD int col0(int b) const { return b % cols * kTile; }
 };
 
 // Element e (of kTile * kSlice) of an operand slice: (tile index x, k index) such that
@@ -58,7 +60,7 @@ struct SliceRegs {
 };
 
 // Walks the slices of the tile (i0, j0) of A B (A: M x K, B: K x N; zeros outside them): each
-// slice staged as As[k * kPitch + i] and Bs[k * kPitch + j], then multiply(As, Bs, k0) between
+// slice staged as As[k * kPitch + i] and Bs[k * kPitch + j], then multiply(As, Bs) between
 // two block barriers.
 template <int kPitch, typename T, typename Block, typename Multiply>
 OBD_HD void for_each_slice(Block& bx, const Mat<T>& A, const Mat<T>& B, int i0, int j0, int M, int N, int K,
@@ -93,7 +95,7 @@ OBD_HD void for_each_slice(Block& bx, const Mat<T>& A, const Mat<T>& B, int i0, 
     });
     bx.sync();
     if (k0 + kSlice < K) load(k0 + kSlice);  // in flight while this slice is multiplied
-    multiply(As, Bs, k0);
+    multiply(As, Bs);
     bx.sync();
   }
 }
@@ -116,7 +118,7 @@ struct SliceTiles {
 
   // acc += the tile (i0, j0) of A B.
   OBD_HD static void mac(Block& bx, Acc& acc, const Mat<T>& A, const Mat<T>& B, int i0, int j0, int M, int N, int K) {
-    for_each_slice<kPitch>(bx, A, B, i0, j0, M, N, K, [&](const T* As, const T* Bs, int) {
+    for_each_slice<kPitch>(bx, A, B, i0, j0, M, N, K, [&](const T* As, const T* Bs) {
       bx.threads([&](int t) {
         const int r = t / 16, c = t % 16;
         // Each slice's sum is added to the total on its own (blockwise, as BLAS sums).
@@ -186,7 +188,7 @@ struct KSplitTiles {
   }
 
   OBD_HD static void mac(Block& bx, Acc& acc, const Mat<T>& A, const Mat<T>& B, int i0, int j0, int M, int N, int K) {
-    for_each_slice<kPitch>(bx, A, B, i0, j0, M, N, K, [&](const T* As, const T* Bs, int) {
+    for_each_slice<kPitch>(bx, A, B, i0, j0, M, N, K, [&](const T* As, const T* Bs) {
       bx.threads([&](int t) {
         const int g = t / 64, r = (t % 64) / 8, c = t % 8;
         T part[4][4] = {};
