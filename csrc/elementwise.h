@@ -53,6 +53,26 @@ void store_product(const at::Tensor& out, const at::Tensor& r, const at::Tensor&
 // threshold_backward; a NaN act keeps x). act has x's shape and dtype, or is bf16 (a compact
 // record), which ATen would first convert to a float32 copy.
 void relu_mask(const at::Tensor& x, const at::Tensor& act);
+// Operands of the paired bf16 products (mlp.cpp's hessian_vector on compact records):
+// out (n, wl + wr) bf16 <- [left | right] row by row; left (n, wl), right (n, wr) contiguous,
+// float32 (converted) or bf16.
+void pack_pair(const at::Tensor& out, const at::Tensor& left, const at::Tensor& right);
+// The epilogue of a bf16 product read afterwards only as a bf16 operand (compact records):
+// v = r (+ bias), zeroed where mask <= 0 (the ReLU's backward / tangent, mask defined) or where
+// v < 0 (relu); out <- bf16(v) and, when defined, colsum (m,) <- the column sums of v in float32
+// (a bias gradient). r (n, m) bf16 contiguous; out (n, m) bf16 with unit column stride (a half of
+// a pair buffer, or a record's slot). Replaces a float32 store, a masking pass, a conversion and
+// a sum, each reading the whole matrix.
+void bf16_epilogue(const at::Tensor& out, const at::Tensor& r, const at::Tensor& bias, const at::Tensor& mask,
+                   bool relu, const at::Tensor& colsum);
+// dst (bf16) <- src (float32), both contiguous with one numel (theta's operand form).
+void convert_to_bf16(const at::Tensor& dst, const at::Tensor& src);
+// dst <- src for two (n, m) matrices of one dtype with unit column strides (a record's matrix
+// into one half of a pair buffer): a memcpy per row, where ATen's strided copy took ~3x longer.
+void copy_rows(const at::Tensor& dst, const at::Tensor& src);
+// A layer's float32 (W, U), both (out, in), as the two bf16 stacks the paired products read:
+// cols (out, 2 in) <- [U | W] and rows (2 out, in) <- [W ; U]; cols may be undefined.
+void pack_weight_pair(const at::Tensor& cols, const at::Tensor& rows, const at::Tensor& w, const at::Tensor& u);
 }  // namespace cpu
 
 #ifdef OBD_FAST_WITH_CUDA

@@ -11,6 +11,18 @@ at::Tensor Gemm::operand(const at::Tensor& t) const {
   return precision == Precision::kBF16 && t.scalar_type() != at::kBFloat16 ? t.to(at::kBFloat16) : t;
 }
 
+at::Tensor Gemm::product(const at::Tensor& a, const at::Tensor& b) const {
+  const at::Tensor x = operand(a), y = operand(b);
+  const int64_t numel = x.size(0) * y.size(1);
+  if (!scratch_.defined() || scratch_.numel() < numel || scratch_.scalar_type() != x.scalar_type() ||
+      scratch_.device() != x.device()) {
+    scratch_ = at::empty({numel}, x.options());
+  }
+  at::Tensor r = scratch_.narrow(0, 0, numel).view({x.size(0), y.size(1)});
+  at::mm_out(r, x, y);
+  return r;
+}
+
 void Gemm::operator()(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) const {
   at::Tensor o = out;
   // CPU BLAS handles a tall, narrow output (e.g. 256 x obs_dim) far worse than its wide
@@ -27,10 +39,10 @@ void Gemm::operator()(const at::Tensor& out, const at::Tensor& a, const at::Tens
   }
   // The product lands in a temporary (transposed, or bf16); store or add it.
   if (!transposed && out.is_cpu() && out.is_contiguous()) {
-    cpu::store_product(out, at::mm(operand(a), operand(b)), at::Tensor(), accumulate, /*relu=*/false);
+    cpu::store_product(out, product(a, b), at::Tensor(), accumulate, /*relu=*/false);
     return;
   }
-  const at::Tensor r = transposed ? at::mm(operand(b.t()), operand(a.t())).t() : at::mm(operand(a), operand(b));
+  const at::Tensor r = transposed ? product(b.t(), a.t()).t() : product(a, b);
   if (accumulate) {
     o.add_(r);
   } else {
@@ -45,7 +57,7 @@ void Gemm::with_bias(const at::Tensor& out, const at::Tensor& bias, const at::Te
     // The product, then bias (+ ReLU) in one pass over the (cache-hot) output: ATen's CPU addmm
     // would first copy the broadcast bias into out, and bf16 results need a conversion anyway.
     if (precision == Precision::kBF16) {
-      cpu::store_product(out, at::mm(operand(a), operand(b)), bias, /*accumulate=*/false, relu);
+      cpu::store_product(out, product(a, b), bias, /*accumulate=*/false, relu);
     } else {
       at::mm_out(o, a, b);
       cpu::store_product(out, out, bias, /*accumulate=*/false, relu);
@@ -138,6 +150,38 @@ Workspace::Workspace(const Mlp& mlp, int64_t n, const at::TensorOptions& opts) {
   partials = at::empty({3, n * mlp.act}, opts);
 }
 
+Workspace::Pairs& Workspace::pairs(const Mlp& mlp) {
+  if (!pairs_.rows.empty()) return pairs_;
+  const int64_t n = partials.size(1) / mlp.act;
+  const auto opts = partials.options().dtype(at::kBFloat16);
+  for (int64_t l = 0; l < mlp.layers(); ++l) {
+    const int64_t in = mlp.widths[l], out = mlp.widths[l + 1];
+    if (l + 1 < mlp.layers()) pairs_.act.push_back(at::empty({n, 2 * out}, opts));
+    pairs_.dz.push_back(at::empty({n, 2 * out}, opts));
+    pairs_.cols.push_back(l > 0 ? at::empty({out, 2 * in}, opts) : at::Tensor());
+    pairs_.rows.push_back(at::empty({2 * out, in}, opts));
+  }
+  return pairs_;
+}
+
+const at::Tensor& Workspace::obs_operand(const Gemm& mm, const at::Tensor& obs) {
+  const int64_t version = static_cast<int64_t>(obs._version());
+  if (!obs_operand_.defined() || obs_source_ != obs.data_ptr() || obs_version_ != version ||
+      obs_operand_.sizes() != obs.sizes()) {
+    obs_operand_ = mm.operand(obs);
+    obs_source_ = obs.data_ptr();
+    obs_version_ = version;
+  }
+  return obs_operand_;
+}
+
+const at::Tensor& Workspace::theta_bf16(const at::Tensor& theta) {
+  if (!theta_bf16_.defined() || theta_bf16_.numel() != theta.numel())
+    theta_bf16_ = at::empty({theta.numel()}, theta.options().dtype(at::kBFloat16));
+  cpu::convert_to_bf16(theta_bf16_, theta);
+  return theta_bf16_;
+}
+
 HeadInputs head_inputs(const Mlp& mlp, const at::Tensor& theta, const LossBatch& batch, const at::Tensor& z_out) {
   HeadInputs in;
   in.z = z_out;
@@ -154,45 +198,80 @@ HeadInputs head_inputs(const Mlp& mlp, const at::Tensor& theta, const LossBatch&
 // ---------------------------------------------------------------------------------------------
 // Forward + backward
 
+// loss_grad on a compact (bf16, CPU) record: each hidden product's epilogue writes its bf16
+// value straight into the record, where the next products read it (bf16_epilogue), so no float32
+// copy of the activations or of the hidden dloss/dz is stored, converted or summed apart.
+static void loss_grad_compact(const Mlp& mlp, const Gemm& mm, const at::Tensor& theta, const LossBatch& batch,
+                              const StepRecord& rec, const at::Tensor& grad, Workspace& ws, const at::Tensor& d_obs,
+                              const at::Tensor& d_target, const at::Tensor& sq) {
+  const int64_t L = mlp.layers();
+  const at::Tensor th = ws.theta_bf16(theta);
+  std::vector<at::Tensor> inputs(L);  // bf16 input of each layer: obs, then the record's A_l
+  inputs[0] = ws.obs_operand(mm, batch.obs);
+  for (int64_t l = 0; l + 1 < L; ++l) {
+    cpu::bf16_epilogue(rec.act[l], mm.product(inputs[l], mlp.weight(th, l).t()), mlp.bias(theta, l), at::Tensor(),
+                       /*relu=*/true, at::Tensor());
+    inputs[l + 1] = rec.act[l];
+  }
+  mm.with_bias(rec.z_out, mlp.bias(theta, L - 1), inputs[L - 1], mlp.weight(th, L - 1).t());
+  // Head: the last layer's dloss/dz in float32 (the workspace), then its bf16 copy in the record.
+  const at::Tensor p_last = ws.q[L - 1];
+  head_grad(head_inputs(mlp, theta, batch, rec.z_out), p_last, ws.partials, d_target, sq);
+  if (mlp.gaussian && grad.defined()) {
+    at::Tensor g_scalars = mlp.scalars(grad);
+    at::sum_out(g_scalars, ws.partials.narrow(0, 1, 2), {1});
+  }
+  rec.grad[L - 1].copy_(p_last);
+  if (grad.defined()) {
+    at::Tensor g_bias = mlp.bias(grad, L - 1);
+    at::sum_out(g_bias, p_last, {0});
+  }
+  // Backward; the hidden layers' bias gradients are the column sums of their epilogues.
+  for (int64_t l = L - 1; l >= 0; --l) {
+    const at::Tensor& p = rec.grad[l];
+    if (grad.defined()) mm(mlp.weight(grad, l), p.t(), inputs[l], false);
+    if (l > 0) {
+      cpu::bf16_epilogue(rec.grad[l - 1], mm.product(p, mlp.weight(th, l)), at::Tensor(), rec.act[l - 1],
+                         /*relu=*/false, grad.defined() ? mlp.bias(grad, l - 1) : at::Tensor());
+    } else if (d_obs.defined()) {
+      mm(d_obs, p, mlp.weight(th, 0), false);
+    }
+  }
+}
+
 void loss_grad(const Mlp& mlp, const Gemm& mm, const at::Tensor& theta, const LossBatch& batch, const StepRecord& rec,
                const at::Tensor& grad, Workspace& ws, const at::Tensor& d_obs, const at::Tensor& d_target,
                const at::Tensor& sq) {
+  if (rec.compact) return loss_grad_compact(mlp, mm, theta, batch, rec, grad, ws, d_obs, d_target, sq);
   const int64_t L = mlp.layers();
   const at::Tensor th = mm.operand(theta);
-  // The float32 activations and dloss/dz of this pass: the record's own, or (compact record)
-  // workspace buffers whose bf16 copies go to the record, where they serve as the operands.
-  auto act = [&](int64_t l) { return rec.compact ? ws.tangent[l] : rec.act[l]; };
-  auto dz = [&](int64_t l) { return rec.compact ? ws.q[l] : rec.grad[l]; };
-  auto operand_kept = [&](const at::Tensor& value, const at::Tensor& kept) {
-    return rec.compact ? kept.copy_(value) : mm.operand(value);
-  };
   std::vector<at::Tensor> inputs(L);  // operand form of each layer's input
   inputs[0] = mm.operand(batch.obs);
   // Forward, keeping post-ReLU activations (their sign is the ReLU mask).
   for (int64_t l = 0; l < L; ++l) {
-    at::Tensor out = l == L - 1 ? rec.z_out : act(l);
+    at::Tensor out = l == L - 1 ? rec.z_out : rec.act[l];
     mm.with_bias(out, mlp.bias(theta, l), inputs[l], mlp.weight(th, l).t(), /*relu=*/l < L - 1);
-    if (l < L - 1) inputs[l + 1] = operand_kept(out, rec.act[l]);
+    if (l < L - 1) inputs[l + 1] = mm.operand(out);
   }
   // Head: dloss/dz_out and the per-element terms of the loss and of dloss/d(m, o).
-  head_grad(head_inputs(mlp, theta, batch, rec.z_out), dz(L - 1), ws.partials, d_target, sq);
+  head_grad(head_inputs(mlp, theta, batch, rec.z_out), rec.grad[L - 1], ws.partials, d_target, sq);
   if (mlp.gaussian && grad.defined()) {
     at::Tensor g_scalars = mlp.scalars(grad);
     at::sum_out(g_scalars, ws.partials.narrow(0, 1, 2), {1});
   }
   // Backward: P_{l-1} = mask_{l-1} * (P_l W_l); weight gradients P_l^T A_{l-1}.
   for (int64_t l = L - 1; l >= 0; --l) {
-    const at::Tensor p = dz(l);
-    const at::Tensor p_op = operand_kept(p, rec.grad[l]);
+    const at::Tensor& p = rec.grad[l];
+    const at::Tensor p_op = mm.operand(p);
     if (grad.defined()) {
       mm(mlp.weight(grad, l), p_op.t(), inputs[l], false);
       at::Tensor g_bias = mlp.bias(grad, l);
       at::sum_out(g_bias, p, {0});
     }
     if (l > 0) {
-      at::Tensor p_prev = dz(l - 1);
+      at::Tensor p_prev = rec.grad[l - 1];
       mm(p_prev, p_op, mlp.weight(th, l), false);
-      relu_mask(p_prev, act(l - 1));
+      relu_mask(p_prev, rec.act[l - 1]);
     } else if (d_obs.defined()) {
       mm(d_obs, p_op, mlp.weight(th, 0), false);
     }
@@ -202,9 +281,69 @@ void loss_grad(const Mlp& mlp, const Gemm& mm, const at::Tensor& theta, const Lo
 // ---------------------------------------------------------------------------------------------
 // Hessian-vector pass
 
+// hessian_vector on a compact (bf16, CPU) record. The same recursion, but each pair of products
+// that sums into one output is one product over stacked operands (K doubled):
+//   Zdot_l = [A_{l-1} | Adot_{l-1}] [U_l | W_l]^T + c_l,
+//   (H u)_{W_l} = [Q_l | P_l]^T [A_{l-1} | Adot_{l-1}], both read as (2n, width) matrices whose
+//                 rows alternate q_i, p_i and a_i, adot_i, so the K = 2n sum pairs them up,
+//   Q_{l-1} = mask_{l-1} * ([Q_l | P_l] [W_l ; U_l]).
+// Half the oneDNN calls and epilogue passes, larger products that run nearer the bf16 GEMM peak,
+// and each pair summed in float32 before its one rounding to bf16.
+static void hessian_vector_paired(const Mlp& mlp, const Gemm& mm, const at::Tensor& theta, const at::Tensor& u,
+                                  const LossBatch& batch, const StepRecord& rec, const at::Tensor& hu,
+                                  const at::Tensor& d_obs, const at::Tensor& d_target, Workspace& ws) {
+  const int64_t L = mlp.layers(), n = batch.obs.size(0);
+  Workspace::Pairs& pairs = ws.pairs(mlp);
+  for (int64_t l = 0; l < L; ++l)
+    cpu::pack_weight_pair(pairs.cols[l], pairs.rows[l], mlp.weight(theta, l), mlp.weight(u, l));
+  auto left = [](const at::Tensor& pair) { return pair.narrow(1, 0, pair.size(1) / 2); };
+  auto right = [](const at::Tensor& pair) { return pair.narrow(1, pair.size(1) / 2, pair.size(1) / 2); };
+  const at::Tensor obs = ws.obs_operand(mm, batch.obs);
+  // Tangent forward; the hidden Adot_l go straight into the right halves of [A_l | Adot_l].
+  for (int64_t l = 0; l < L; ++l) {
+    const int64_t out = mlp.widths[l + 1];
+    const at::Tensor in = l == 0 ? obs : pairs.act[l - 1];
+    const at::Tensor dir_t = l == 0 ? pairs.rows[0].narrow(0, out, out).t() : pairs.cols[l].t();  // U_1^T or [U_l | W_l]^T
+    if (l == L - 1) {
+      mm.with_bias(ws.tangent[l], mlp.bias(u, l), in, dir_t);
+    } else {
+      cpu::copy_rows(left(pairs.act[l]), rec.act[l]);
+      cpu::bf16_epilogue(right(pairs.act[l]), mm.product(in, dir_t), mlp.bias(u, l), rec.act[l], /*relu=*/false,
+                         at::Tensor());
+    }
+  }
+  at::Tensor head_partials = ws.partials.narrow(0, 0, 2);
+  head_hvp(head_inputs(mlp, theta, batch, rec.z_out), ws.tangent[L - 1], mlp.scalars(u), ws.q[L - 1],
+           head_partials, d_target);
+  if (mlp.gaussian) {
+    at::Tensor hu_scalars = mlp.scalars(hu);
+    at::sum_out(hu_scalars, head_partials, {1});
+  }
+  // Reverse; the hidden Q_l go straight into the left halves of [Q_l | P_l], their column sums
+  // into (H u)_{b_l}.
+  cpu::pack_pair(pairs.dz[L - 1], ws.q[L - 1], rec.grad[L - 1]);
+  at::Tensor hb_last = mlp.bias(hu, L - 1);
+  at::sum_out(hb_last, ws.q[L - 1], {0});
+  for (int64_t l = L - 1; l >= 0; --l) {
+    const at::Tensor& qp = pairs.dz[l];
+    const int64_t width = mlp.widths[l + 1];
+    const at::Tensor hw = mlp.weight(hu, l);
+    if (l > 0) {
+      mm(hw, qp.view({2 * n, width}).t(), pairs.act[l - 1].view({2 * n, mlp.widths[l]}), false);
+      cpu::copy_rows(right(pairs.dz[l - 1]), rec.grad[l - 1]);
+      cpu::bf16_epilogue(left(pairs.dz[l - 1]), mm.product(qp, pairs.rows[l]), at::Tensor(), rec.act[l - 1],
+                         /*relu=*/false, mlp.bias(hu, l - 1));
+    } else {
+      mm(hw, left(qp).t(), obs, false);
+      if (d_obs.defined()) mm(d_obs, qp, pairs.rows[0], true);
+    }
+  }
+}
+
 void hessian_vector(const Mlp& mlp, const Gemm& mm, const at::Tensor& theta, const at::Tensor& u,
                     const LossBatch& batch, const StepRecord& rec, const at::Tensor& hu, const at::Tensor& d_obs,
                     const at::Tensor& d_target, Workspace& ws) {
+  if (rec.compact) return hessian_vector_paired(mlp, mm, theta, u, batch, rec, hu, d_obs, d_target, ws);
   const int64_t L = mlp.layers();
   const at::Tensor th = mm.operand(theta), uo = mm.operand(u);
   std::vector<at::Tensor> inputs(L), tangents(L);  // operand forms of A_{l-1} and Adot_l

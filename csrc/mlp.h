@@ -16,6 +16,7 @@ enum class Precision : int64_t { kNative = 0, kBF16 = 1 };
 
 // Matrix products with an optional bf16 operand precision (float32 accumulation and outputs).
 struct Gemm {
+  explicit Gemm(Precision p = Precision::kNative) : precision(p) {}
   Precision precision = Precision::kNative;
   // The form of t the products read: t itself, or its bf16 copy. Passes convert each tensor once
   // and reuse it in every product that reads it.
@@ -25,6 +26,13 @@ struct Gemm {
   // out = bias + a @ b, then ReLU when relu (one cuBLASLt call with a fused epilogue on CUDA).
   void with_bias(const at::Tensor& out, const at::Tensor& bias, const at::Tensor& a, const at::Tensor& b,
                  bool relu = false) const;
+  // a @ b in the operands' precision, into a buffer reused by every product of this Gemm: a fresh
+  // result per product cost ~5% of a CPU bf16 step in malloc/free and page faults. The result
+  // lives until the next product.
+  at::Tensor product(const at::Tensor& a, const at::Tensor& b) const;
+
+ private:
+  mutable at::Tensor scratch_;
 };
 
 // Layer shapes and offsets into theta (DESIGN.md's flat layout).
@@ -48,8 +56,9 @@ struct Mlp {
 };
 
 // Views into one step's slot of the tape. A compact record (bf16 products on the CPU) keeps act
-// and grad in bf16: exactly the operands the products read, at half the memory traffic; the
-// passes keep their float32 values in the workspace while they need them.
+// and grad in bf16: exactly the operands the products read, at half the memory traffic. Its own
+// passes (loss_grad_compact, hessian_vector_paired in mlp.cpp) write them from the products'
+// epilogues; only the last layer's dloss/dz is also computed in float32 (the head's).
 struct StepRecord {
   std::vector<at::Tensor> act;   // A_l, l = 1 .. L-1, (n, hidden_l) post-ReLU
   std::vector<at::Tensor> grad;  // P_l, l = 1 .. L, (n, width_l) dloss/dz_l
@@ -72,6 +81,27 @@ struct Workspace {
   std::vector<at::Tensor> q;        // Q_l, (n, width_l)
   at::Tensor partials;              // (3, n * act)
   Workspace(const Mlp& mlp, int64_t n, const at::TensorOptions& opts);
+
+  // bf16 operands of the paired Hessian-vector products (compact records), made on first use.
+  struct Pairs {
+    std::vector<at::Tensor> act;   // [A_l | Adot_l], (n, 2 width_l), hidden layers
+    std::vector<at::Tensor> dz;    // [Q_l | P_l], (n, 2 width_l), every layer
+    std::vector<at::Tensor> cols;  // [U_l | W_l], (width_l, 2 width_{l-1}); undefined for the first layer
+    std::vector<at::Tensor> rows;  // [W_l ; U_l], (2 width_l, width_{l-1})
+  };
+  Pairs& pairs(const Mlp& mlp);
+  // obs in the products' precision: every inner step reads the same synthetic observations, so a
+  // bf16 copy is made once per op call (again only if obs changes: other tensor or version).
+  const at::Tensor& obs_operand(const Gemm& mm, const at::Tensor& obs);
+  // theta's bf16 copy for compact passes, in a buffer kept for the op call (a fresh ~0.3 MB
+  // tensor per step was an mmap and its page faults).
+  const at::Tensor& theta_bf16(const at::Tensor& theta);
+
+ private:
+  Pairs pairs_;
+  at::Tensor obs_operand_, theta_bf16_;
+  const void* obs_source_ = nullptr;
+  int64_t obs_version_ = -1;
 };
 
 // Forward and backward of the weighted BC loss at theta; fills rec and grad (num_params; may be

@@ -4,7 +4,9 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <cstdlib>
 #include <optional>
+#include <string>
 
 #include "tape_pool.h"
 #include "unroll.h"
@@ -42,7 +44,14 @@ InnerConfig make_config(int64_t steps, double lr, double momentum, double weight
   cfg.checkpoint_every = checkpoint_every == 0 ? 0 : std::min(checkpoint_every, steps);
   cfg.precision = static_cast<Precision>(precision);
   // CPU only: the CUDA passes keep float32 records (not yet measured or tested with bf16 ones).
-  cfg.compact_records = cfg.precision == Precision::kBF16 && like.is_cpu() && like.scalar_type() == at::kFloat;
+  // OBD_FAST_BF16_RECORDS=float keeps float32 records on the CPU too: the slower path (ATen
+  // conversions, one product per term) the tests check the compact one against.
+  const char* records = std::getenv("OBD_FAST_BF16_RECORDS");
+  const std::string records_choice = records != nullptr && records[0] != '\0' ? records : "compact";
+  TORCH_CHECK(records_choice == "compact" || records_choice == "float",
+              "obd_fast: OBD_FAST_BF16_RECORDS must be compact or float, got '", records_choice, "'");
+  cfg.compact_records = cfg.precision == Precision::kBF16 && like.is_cpu() && like.scalar_type() == at::kFloat &&
+                        records_choice == "compact";
   return cfg;
 }
 
@@ -148,9 +157,11 @@ std::vector<at::Tensor> op_meta_gradient(const at::Tensor& theta0, const at::Ten
   const int64_t b = obs.size(0);
   const LossBatch batch{obs.contiguous(), target.contiguous(), optional_contig(outer_noise), optional_contig(weight)};
   Workspace ws(mlp, b, opts);
-  at::Tensor slot = at::empty({mlp.record_size(b)}, opts);
+  // A compact record here too (bf16 on the CPU): the outer batch is 10x the inner one, and its
+  // float32 activations would each be stored, then converted for the next product.
+  at::Tensor slot = at::empty({mlp.record_size(b, cfg.compact_records)}, opts);
   at::Tensor v = at::empty({mlp.num_params}, opts);
-  loss_grad(mlp, Gemm{cfg.precision}, tape.theta_T, batch, record_views(mlp, slot, b), v, ws);
+  loss_grad(mlp, Gemm{cfg.precision}, tape.theta_T, batch, record_views(mlp, slot, b, cfg.compact_records), v, ws);
   at::Tensor loss = ws.partials.select(0, 0).sum();
   auto [d_theta0, d_obs, d_act] = unroll_backward(mlp, cfg, tape, syn_obs, syn_act, noise, v);
   return {loss, d_obs, d_act};

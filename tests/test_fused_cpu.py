@@ -275,6 +275,39 @@ def test_fused_bf16_unroll_backward_is_close_to_float64(ck):
     assert all(torch.equal(a, b) for a, b in zip(bf, full))
 
 
+@pytest.mark.parametrize("hidden,head,steps", [
+    ((13, 9), "gaussian", 3), ((33, 17, 5), "tanh", 1), ((70,), "gaussian", 1), ((40, 40, 40), "tanh", 3),
+    ((130, 70), "gaussian", 2)])
+def test_fused_bf16_compact_records_match_float_records(monkeypatch, hidden, head, steps):
+    # On the CPU, bf16 keeps compact records: its own forward (bf16 epilogues straight into the
+    # record) and a Hessian-vector pass with each pair of products stacked into one. Checked
+    # against OBD_FAST_BF16_RECORDS=float, the long-standing path (float32 records, ATen
+    # conversions, one product per term) with the same bf16 operands: theta_T must agree to
+    # float32 rounding, the gradients within bf16 rounding of the pair sums (<= 2e-2; each is
+    # 5e-2 to 2e-1 from float64 here, so this is the tight check), on odd sizes.
+    c64 = make_case(dict(obs_dim=5, act_dim=2, hidden=hidden, head=head, max_action=1.3), 9, 4, steps,
+                    torch.float64, seed=len(hidden) + steps)
+    c32 = to_dtype(c64, torch.float32)
+    v = torch.randn(c64["spec"].num_params, generator=torch.Generator().manual_seed(1)).float()
+    hyper = dict(lr=0.1, momentum=0.9, weight_decay=1e-4)
+    compact = _unroll_grads(c32, "fused", v, precision="bf16", **hyper)
+    monkeypatch.setenv("OBD_FAST_BF16_RECORDS", "float")
+    plain = _unroll_grads(c32, "fused", v, precision="bf16", **hyper)
+    native = _unroll_grads(c32, "fused", v, **hyper)
+    assert rel_err(compact[0], plain[0]) <= 1e-6
+    errs = [rel_err(a, b) for a, b in zip(compact[1:], plain[1:])]
+    assert max(errs) <= 2e-2, errs
+    # and both really ran in bf16
+    assert rel_err(plain[2], native[2]) > 1e-4
+
+
+def test_bf16_records_switch_rejects_unknown_values(monkeypatch):
+    case = odd_case("tanh", 1, seed=0)
+    monkeypatch.setenv("OBD_FAST_BF16_RECORDS", "half")
+    with pytest.raises(RuntimeError, match="OBD_FAST_BF16_RECORDS must be compact or float"):
+        meta(to_dtype(case, torch.float32), lr=0.1, backend="fused", precision="bf16")
+
+
 @pytest.mark.parametrize("checkpoint_every,momentum,precision", [
     (None, 0.0, "native"), (None, 0.9, "native"), (3, 0.0, "native"), (4, 0.9, "native"), (10, 0.0, "native"),
     (None, 0.0, "bf16"), (4, 0.9, "bf16")])

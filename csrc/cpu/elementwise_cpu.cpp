@@ -4,6 +4,9 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 #include "../head_args.h"
 
@@ -13,6 +16,14 @@ namespace cpu {
 namespace {
 constexpr int64_t kGrain = 2048;
 }
+
+// Row loops worth vector code are compiled for AVX-512 and AVX2 too and picked at load time
+// (GCC target clones, Linux x86-64); the default build targets the baseline ISA.
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+#define OBD_FAST_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define OBD_FAST_CPU_CLONES
+#endif
 
 void head_grad(const HeadInputs& in, const at::Tensor& grad_z, const at::Tensor& partials, const at::Tensor& d_target,
                const at::Tensor& sq) {
@@ -49,6 +60,24 @@ void head_action(const HeadInputs& in, const at::Tensor& actions) {
   });
 }
 
+namespace {
+template <typename T>
+OBD_FAST_CPU_CLONES void sgd_range(const T* theta, const T* grad, T* buf, T* next, T lr, T momentum, T weight_decay,
+                                   int64_t begin, int64_t end) {
+  if (buf == nullptr) {  // two loops, so that neither tests buf per element
+    for (int64_t k = begin; k < end; ++k) head::sgd_element(theta, grad, static_cast<T*>(nullptr), next, lr, momentum, weight_decay, k);
+  } else {
+    for (int64_t k = begin; k < end; ++k) head::sgd_element(theta, grad, buf, next, lr, momentum, weight_decay, k);
+  }
+}
+
+template <typename T>
+OBD_FAST_CPU_CLONES void adjoint_range(T* a, const T* hu, T* u, T lr, T momentum, T weight_decay, int64_t begin,
+                                       int64_t end) {
+  for (int64_t k = begin; k < end; ++k) head::adjoint_element(a, hu, u, lr, momentum, weight_decay, k);
+}
+}  // namespace
+
 void sgd_step(const at::Tensor& theta, const at::Tensor& grad, const at::Tensor& buf, const at::Tensor& theta_next,
               double lr, double momentum, double weight_decay) {
   AT_DISPATCH_FLOATING_TYPES(theta.scalar_type(), "obd_fast_sgd_cpu", [&] {
@@ -59,7 +88,7 @@ void sgd_step(const at::Tensor& theta, const at::Tensor& grad, const at::Tensor&
     const auto lr_ = static_cast<scalar_t>(lr), mom = static_cast<scalar_t>(momentum),
                wd = static_cast<scalar_t>(weight_decay);
     at::parallel_for(0, theta.numel(), 16384, [&](int64_t begin, int64_t end) {
-      for (int64_t k = begin; k < end; ++k) head::sgd_element(th, g, b, next, lr_, mom, wd, k);
+      sgd_range(th, g, b, next, lr_, mom, wd, begin, end);
     });
   });
 }
@@ -73,7 +102,7 @@ void adjoint_step(const at::Tensor& a, const at::Tensor& hu, const at::Tensor& u
     const auto lr_ = static_cast<scalar_t>(lr), mom = static_cast<scalar_t>(momentum),
                wd = static_cast<scalar_t>(weight_decay);
     at::parallel_for(0, a.numel(), 16384, [&](int64_t begin, int64_t end) {
-      for (int64_t k = begin; k < end; ++k) head::adjoint_element(a_, hu_, u_, lr_, mom, wd, k);
+      adjoint_range(a_, hu_, u_, lr_, mom, wd, begin, end);
     });
   });
 }
@@ -82,7 +111,7 @@ namespace {
 // One row of store_product: out = act(r (+ out) (+ bias)), r in the output's dtype or in bf16.
 // r may be out itself (no __restrict__ on the two).
 template <typename scalar_t, typename src_t>
-inline void store_row(scalar_t* out, const src_t* r, const scalar_t* __restrict__ bias,
+OBD_FAST_CPU_CLONES void store_row(scalar_t* out, const src_t* r, const scalar_t* __restrict__ bias,
                       int64_t m, bool accumulate, bool relu) {
   for (int64_t j = 0; j < m; ++j) {
     scalar_t v = static_cast<scalar_t>(r[j]);
@@ -118,6 +147,11 @@ inline bool relu_off(T a) {
   return a <= T(0);  // false for NaN
 }
 inline bool relu_off(at::BFloat16 a) { return static_cast<float>(a) <= 0.f; }
+
+template <typename T, typename A>
+OBD_FAST_CPU_CLONES void mask_range(T* __restrict__ v, const A* __restrict__ act, int64_t begin, int64_t end) {
+  for (int64_t k = begin; k < end; ++k) v[k] = relu_off(act[k]) ? T(0) : v[k];
+}
 }  // namespace
 
 void relu_mask(const at::Tensor& x, const at::Tensor& act) {
@@ -125,14 +159,167 @@ void relu_mask(const at::Tensor& x, const at::Tensor& act) {
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "obd_fast_relu_mask_cpu", [&] {
     scalar_t* v = x.data_ptr<scalar_t>();
     auto mask = [&](auto* a) {
-      at::parallel_for(0, x.numel(), 16384, [&](int64_t begin, int64_t end) {
-        for (int64_t k = begin; k < end; ++k) v[k] = relu_off(a[k]) ? scalar_t(0) : v[k];
-      });
+      at::parallel_for(0, x.numel(), 16384, [&](int64_t begin, int64_t end) { mask_range(v, a, begin, end); });
     };
     if (act.scalar_type() == at::kBFloat16) {
       mask(act.data_ptr<at::BFloat16>());
     } else {
       mask(act.data_ptr<scalar_t>());
+    }
+  });
+}
+
+namespace {
+inline float as_float(float x) { return x; }
+inline float as_float(at::BFloat16 x) { return static_cast<float>(x); }
+
+// float -> bf16, rounding to nearest even (NaN -> quiet NaN), as torch converts; written without
+// branches so that the loops below vectorize.
+inline at::BFloat16 to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  return at::BFloat16(static_cast<uint16_t>(f != f ? 0x7FC0u : rounded), at::BFloat16::from_bits());
+}
+
+// One row of pack_pair: [left | right] as bf16.
+template <typename L, typename R>
+OBD_FAST_CPU_CLONES void pack_row(at::BFloat16* __restrict__ out, const L* __restrict__ left, int64_t wl,
+                                  const R* __restrict__ right, int64_t wr) {
+  for (int64_t j = 0; j < wl; ++j) out[j] = to_bf16(as_float(left[j]));
+  for (int64_t j = 0; j < wr; ++j) out[wl + j] = to_bf16(as_float(right[j]));
+}
+
+template <typename T>
+const T* ptr_if(const at::Tensor& t) {
+  return t.scalar_type() == c10::CppTypeToScalarType<T>::value ? t.data_ptr<T>() : nullptr;
+}
+
+// Rows [0, n) of bf16_epilogue, columns [c0, c1): v = r (+ bias), zeroed where mask <= 0 (kMask)
+// or where v < 0 (kRelu); out <- bf16(v); colsum += v (kSum).
+template <bool kBias, bool kMask, bool kRelu, bool kSum>
+OBD_FAST_CPU_CLONES void epilogue_columns(at::BFloat16* __restrict__ out, int64_t out_stride,
+                                          const at::BFloat16* __restrict__ r, const float* __restrict__ bias,
+                                          const at::BFloat16* __restrict__ mask, float* __restrict__ colsum,
+                                          int64_t n, int64_t m, int64_t c0, int64_t c1) {
+  if (kSum) std::fill(colsum + c0, colsum + c1, 0.f);
+  for (int64_t i = 0; i < n; ++i) {
+    const at::BFloat16* ri = r + i * m;
+    const at::BFloat16* mi = kMask ? mask + i * m : nullptr;
+    at::BFloat16* oi = out + i * out_stride;
+    for (int64_t j = c0; j < c1; ++j) {
+      float v = as_float(ri[j]);
+      if (kBias) v += bias[j];
+      if (kMask) v = as_float(mi[j]) <= 0.f ? 0.f : v;
+      if (kRelu) v = v < 0.f ? 0.f : v;  // NaN passes, as torch.relu does
+      oi[j] = to_bf16(v);
+      if (kSum) colsum[j] += v;
+    }
+  }
+}
+
+template <typename F>
+void with_flag(bool flag, const F& f) {
+  if (flag) {
+    f(std::true_type{});
+  } else {
+    f(std::false_type{});
+  }
+}
+}  // namespace
+
+void pack_pair(const at::Tensor& out, const at::Tensor& left, const at::Tensor& right) {
+  TORCH_INTERNAL_ASSERT(out.scalar_type() == at::kBFloat16 && out.is_contiguous() && left.is_contiguous() &&
+                        right.is_contiguous() && left.size(0) == out.size(0) && right.size(0) == out.size(0) &&
+                        left.size(1) + right.size(1) == out.size(1));
+  const int64_t n = out.size(0), wl = left.size(1), wr = right.size(1), w = wl + wr;
+  at::BFloat16* o = out.data_ptr<at::BFloat16>();
+  auto rows = [&](const auto* l, const auto* r) {
+    const int64_t grain_rows = std::max<int64_t>(1, 16384 / std::max<int64_t>(w, 1));
+    at::parallel_for(0, n, grain_rows, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) pack_row(o + i * w, l + i * wl, wl, r + i * wr, wr);
+    });
+  };
+  const float* lf = ptr_if<float>(left);
+  const float* rf = ptr_if<float>(right);
+  const at::BFloat16* lb = ptr_if<at::BFloat16>(left);
+  const at::BFloat16* rb = ptr_if<at::BFloat16>(right);
+  TORCH_INTERNAL_ASSERT((lf || lb) && (rf || rb), "pack_pair: float32 or bf16 sources");
+  if (lf && rf) return rows(lf, rf);
+  if (lf && rb) return rows(lf, rb);
+  if (lb && rf) return rows(lb, rf);
+  rows(lb, rb);
+}
+
+void bf16_epilogue(const at::Tensor& out, const at::Tensor& r, const at::Tensor& bias, const at::Tensor& mask,
+                   bool relu, const at::Tensor& colsum) {
+  const int64_t n = r.size(0), m = r.size(1);
+  TORCH_INTERNAL_ASSERT(r.scalar_type() == at::kBFloat16 && r.is_contiguous() && out.scalar_type() == at::kBFloat16 &&
+                        out.size(0) == n && out.size(1) == m && out.stride(1) == 1);
+  TORCH_INTERNAL_ASSERT(!bias.defined() || (bias.scalar_type() == at::kFloat && bias.is_contiguous() && bias.numel() == m));
+  TORCH_INTERNAL_ASSERT(!mask.defined() || (mask.scalar_type() == at::kBFloat16 && mask.is_contiguous() &&
+                                            mask.sizes() == r.sizes()));
+  TORCH_INTERNAL_ASSERT(!colsum.defined() ||
+                        (colsum.scalar_type() == at::kFloat && colsum.is_contiguous() && colsum.numel() == m));
+  at::BFloat16* o = out.data_ptr<at::BFloat16>();
+  const at::BFloat16* rp = r.data_ptr<at::BFloat16>();
+  const float* b = ptr_or_null<float>(bias);
+  const at::BFloat16* mp = ptr_or_null<at::BFloat16>(mask);
+  float* cs = mut_ptr_or_null<float>(colsum);
+  with_flag(b != nullptr, [&](auto has_bias) {
+    with_flag(mp != nullptr, [&](auto has_mask) {
+      with_flag(relu, [&](auto do_relu) {
+        with_flag(cs != nullptr, [&](auto do_sum) {
+          // Threads split the columns, so each column sum runs over the rows in order whatever the
+          // thread count.
+          at::parallel_for(0, m, 64, [&](int64_t c0, int64_t c1) {
+            epilogue_columns<decltype(has_bias)::value, decltype(has_mask)::value, decltype(do_relu)::value,
+                             decltype(do_sum)::value>(o, out.stride(0), rp, b, mp, cs, n, m, c0, c1);
+          });
+        });
+      });
+    });
+  });
+}
+
+void convert_to_bf16(const at::Tensor& dst, const at::Tensor& src) {
+  TORCH_INTERNAL_ASSERT(dst.scalar_type() == at::kBFloat16 && src.scalar_type() == at::kFloat && dst.is_contiguous() &&
+                        src.is_contiguous() && dst.numel() == src.numel());
+  at::BFloat16* d = dst.data_ptr<at::BFloat16>();
+  const float* s = src.data_ptr<float>();
+  at::parallel_for(0, src.numel(), 16384, [&](int64_t begin, int64_t end) {
+    pack_row(d + begin, s + begin, end - begin, s, 0);
+  });
+}
+
+void copy_rows(const at::Tensor& dst, const at::Tensor& src) {
+  TORCH_INTERNAL_ASSERT(dst.dim() == 2 && dst.sizes() == src.sizes() && dst.scalar_type() == src.scalar_type() &&
+                        dst.stride(1) == 1 && src.stride(1) == 1);
+  const int64_t n = src.size(0), row_bytes = src.size(1) * src.element_size();
+  char* d = static_cast<char*>(dst.data_ptr());
+  const char* s = static_cast<const char*>(src.data_ptr());
+  const int64_t ds = dst.stride(0) * dst.element_size(), ss = src.stride(0) * src.element_size();
+  at::parallel_for(0, n, std::max<int64_t>(1, 65536 / std::max<int64_t>(row_bytes, 1)), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) std::memcpy(d + i * ds, s + i * ss, row_bytes);
+  });
+}
+
+void pack_weight_pair(const at::Tensor& cols, const at::Tensor& rows, const at::Tensor& w, const at::Tensor& u) {
+  TORCH_INTERNAL_ASSERT(w.scalar_type() == at::kFloat && u.scalar_type() == at::kFloat && w.is_contiguous() &&
+                        u.is_contiguous() && w.sizes() == u.sizes() && rows.is_contiguous() &&
+                        rows.size(0) == 2 * w.size(0) && rows.size(1) == w.size(1));
+  TORCH_INTERNAL_ASSERT(!cols.defined() || (cols.is_contiguous() && cols.size(0) == w.size(0) &&
+                                            cols.size(1) == 2 * w.size(1)));
+  const int64_t out = w.size(0), in = w.size(1);
+  const float* wp = w.data_ptr<float>();
+  const float* up = u.data_ptr<float>();
+  at::BFloat16* c = cols.defined() ? cols.data_ptr<at::BFloat16>() : nullptr;
+  at::BFloat16* r = rows.data_ptr<at::BFloat16>();
+  at::parallel_for(0, out, std::max<int64_t>(1, 16384 / std::max<int64_t>(in, 1)), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      pack_row(r + i * in, wp + i * in, in, wp, 0);
+      pack_row(r + (out + i) * in, up + i * in, in, up, 0);
+      if (c != nullptr) pack_row(c + i * 2 * in, up + i * in, in, wp + i * in, in);
     }
   });
 }
