@@ -281,6 +281,20 @@ void loss_grad(const Mlp& mlp, const Gemm& mm, const at::Tensor& theta, const Lo
 // ---------------------------------------------------------------------------------------------
 // Hessian-vector pass
 
+// The head of a Hessian-vector pass: Q_L (ws.q) from the head's second derivatives along the
+// last layer's tangent (ws.tangent), and the (m, o) entries of H u.
+static void head_hvp_step(const Mlp& mlp, const at::Tensor& theta, const at::Tensor& u, const LossBatch& batch,
+                          const StepRecord& rec, const at::Tensor& hu, const at::Tensor& d_target, Workspace& ws) {
+  const int64_t L = mlp.layers();
+  at::Tensor head_partials = ws.partials.narrow(0, 0, 2);
+  head_hvp(head_inputs(mlp, theta, batch, rec.z_out), ws.tangent[L - 1], mlp.scalars(u), ws.q[L - 1],
+           head_partials, d_target);
+  if (mlp.gaussian) {
+    at::Tensor hu_scalars = mlp.scalars(hu);
+    at::sum_out(hu_scalars, head_partials, {1});
+  }
+}
+
 // hessian_vector on a compact (bf16, CPU) record. The same recursion, but each pair of products
 // that sums into one output is one product over stacked operands (K doubled):
 //   Zdot_l = [A_{l-1} | Adot_{l-1}] [U_l | W_l]^T + c_l,
@@ -312,13 +326,7 @@ static void hessian_vector_paired(const Mlp& mlp, const Gemm& mm, const at::Tens
                          at::Tensor());
     }
   }
-  at::Tensor head_partials = ws.partials.narrow(0, 0, 2);
-  head_hvp(head_inputs(mlp, theta, batch, rec.z_out), ws.tangent[L - 1], mlp.scalars(u), ws.q[L - 1],
-           head_partials, d_target);
-  if (mlp.gaussian) {
-    at::Tensor hu_scalars = mlp.scalars(hu);
-    at::sum_out(hu_scalars, head_partials, {1});
-  }
+  head_hvp_step(mlp, theta, u, batch, rec, hu, d_target, ws);
   // Reverse; the hidden Q_l go straight into the left halves of [Q_l | P_l], their column sums
   // into (H u)_{b_l}.
   cpu::pack_pair(pairs.dz[L - 1], ws.q[L - 1], rec.grad[L - 1]);
@@ -359,14 +367,7 @@ void hessian_vector(const Mlp& mlp, const Gemm& mm, const at::Tensor& theta, con
       tangents[l] = mm.operand(zdot);
     }
   }
-  // Head: Q_L from the head's second derivatives, and the (m, o) entries of H u.
-  at::Tensor head_partials = ws.partials.narrow(0, 0, 2);
-  head_hvp(head_inputs(mlp, theta, batch, rec.z_out), ws.tangent[L - 1], mlp.scalars(u), ws.q[L - 1],
-           head_partials, d_target);
-  if (mlp.gaussian) {
-    at::Tensor hu_scalars = mlp.scalars(hu);
-    at::sum_out(hu_scalars, head_partials, {1});
-  }
+  head_hvp_step(mlp, theta, u, batch, rec, hu, d_target, ws);
   // Reverse over both streams: (H u)_{W_l} = Q_l^T A_{l-1} + P_l^T Adot_{l-1},
   // Q_{l-1} = mask_{l-1} * (Q_l W_l + P_l U_l); at the input d obs += Q_1 W_1 + P_1 U_1.
   for (int64_t l = L - 1; l >= 0; --l) {
