@@ -317,7 +317,8 @@ static void hessian_vector_paired(const Mlp& mlp, const Gemm& mm, const at::Tens
   for (int64_t l = 0; l < L; ++l) {
     const int64_t out = mlp.widths[l + 1];
     const at::Tensor in = l == 0 ? obs : pairs.act[l - 1];
-    const at::Tensor dir_t = l == 0 ? pairs.rows[0].narrow(0, out, out).t() : pairs.cols[l].t();  // U_1^T or [U_l | W_l]^T
+    // U_1^T (the first layer has no input tangent), else [U_l | W_l]^T
+    const at::Tensor dir_t = l == 0 ? pairs.rows[0].narrow(0, out, out).t() : pairs.cols[l].t();
     if (l == L - 1) {
       mm.with_bias(ws.tangent[l], mlp.bias(u, l), in, dir_t);
     } else {

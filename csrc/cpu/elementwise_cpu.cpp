@@ -65,7 +65,8 @@ template <typename T>
 OBD_FAST_CPU_CLONES void sgd_range(const T* theta, const T* grad, T* buf, T* next, T lr, T momentum, T weight_decay,
                                    int64_t begin, int64_t end) {
   if (buf == nullptr) {  // two loops, so that neither tests buf per element
-    for (int64_t k = begin; k < end; ++k) head::sgd_element(theta, grad, static_cast<T*>(nullptr), next, lr, momentum, weight_decay, k);
+    T* const none = nullptr;
+    for (int64_t k = begin; k < end; ++k) head::sgd_element(theta, grad, none, next, lr, momentum, weight_decay, k);
   } else {
     for (int64_t k = begin; k < end; ++k) head::sgd_element(theta, grad, buf, next, lr, momentum, weight_decay, k);
   }
@@ -256,7 +257,8 @@ void bf16_epilogue(const at::Tensor& out, const at::Tensor& r, const at::Tensor&
   const int64_t n = r.size(0), m = r.size(1);
   TORCH_INTERNAL_ASSERT(r.scalar_type() == at::kBFloat16 && r.is_contiguous() && out.scalar_type() == at::kBFloat16 &&
                         out.size(0) == n && out.size(1) == m && out.stride(1) == 1);
-  TORCH_INTERNAL_ASSERT(!bias.defined() || (bias.scalar_type() == at::kFloat && bias.is_contiguous() && bias.numel() == m));
+  TORCH_INTERNAL_ASSERT(!bias.defined() ||
+                        (bias.scalar_type() == at::kFloat && bias.is_contiguous() && bias.numel() == m));
   TORCH_INTERNAL_ASSERT(!mask.defined() || (mask.scalar_type() == at::kBFloat16 && mask.is_contiguous() &&
                                             mask.sizes() == r.sizes()));
   TORCH_INTERNAL_ASSERT(!colsum.defined() ||
@@ -299,7 +301,8 @@ void copy_rows(const at::Tensor& dst, const at::Tensor& src) {
   char* d = static_cast<char*>(dst.data_ptr());
   const char* s = static_cast<const char*>(src.data_ptr());
   const int64_t ds = dst.stride(0) * dst.element_size(), ss = src.stride(0) * src.element_size();
-  at::parallel_for(0, n, std::max<int64_t>(1, 65536 / std::max<int64_t>(row_bytes, 1)), [&](int64_t begin, int64_t end) {
+  const int64_t grain_rows = std::max<int64_t>(1, 65536 / std::max<int64_t>(row_bytes, 1));
+  at::parallel_for(0, n, grain_rows, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) std::memcpy(d + i * ds, s + i * ss, row_bytes);
   });
 }
