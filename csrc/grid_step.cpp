@@ -6,6 +6,7 @@
 #include <memory>
 #include <type_traits>
 
+#include "env.h"
 #include "grid/program.h"
 #include "head_args.h"
 
@@ -54,11 +55,6 @@ struct SerialExec {
     for (int w = items - 1; w >= 0; --w) item(w);
   }
 };
-
-std::string env_or(const char* name, const char* fallback) {
-  const char* v = std::getenv(name);
-  return v != nullptr && v[0] != '\0' ? std::string(v) : std::string(fallback);
-}
 
 // OBD_FAST_GRID_TILES: how blocks multiply their tiles (tiles.h): slice (default) or ksplit.
 bool ksplit_tiles() {

@@ -4,10 +4,10 @@
 #include <Python.h>
 #include <torch/library.h>
 
-#include <cstdlib>
 #include <optional>
 #include <string>
 
+#include "env.h"
 #include "tape_pool.h"
 #include "unroll.h"
 
@@ -46,8 +46,7 @@ InnerConfig make_config(int64_t steps, double lr, double momentum, double weight
   // CPU only: the CUDA passes keep float32 records (not yet measured or tested with bf16 ones).
   // OBD_FAST_BF16_RECORDS=float keeps float32 records on the CPU too: the slower path (ATen
   // conversions, one product per term) the tests check the compact one against.
-  const char* records = std::getenv("OBD_FAST_BF16_RECORDS");
-  const std::string records_choice = records != nullptr && records[0] != '\0' ? records : "compact";
+  const std::string records_choice = env_or("OBD_FAST_BF16_RECORDS", "compact");
   TORCH_CHECK(records_choice == "compact" || records_choice == "float",
               "obd_fast: OBD_FAST_BF16_RECORDS must be compact or float, got '", records_choice, "'");
   cfg.compact_records = cfg.precision == Precision::kBF16 && like.is_cpu() && like.scalar_type() == at::kFloat &&

@@ -6,10 +6,9 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <vector>
 
+#include "../env.h"
 #include "grid_kernels.h"
 
 namespace obd_fast {
@@ -20,8 +19,7 @@ namespace {
 // OBD_FAST_GRID_PROFILE=1: each eager (not captured) launch stamps every phase and prints the
 // mean time of each phase of a step to stderr. For finding the slow phase; costs a sync.
 bool profiling(cudaStream_t stream) {
-  const char* v = std::getenv("OBD_FAST_GRID_PROFILE");
-  if (v == nullptr || std::strcmp(v, "1") != 0) return false;
+  if (env_or("OBD_FAST_GRID_PROFILE", "0") != "1") return false;
   cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
   C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
   return status == cudaStreamCaptureStatusNone;
