@@ -53,10 +53,6 @@ void store_product(const at::Tensor& out, const at::Tensor& r, const at::Tensor&
 // threshold_backward; a NaN act keeps x). act has x's shape and dtype, or is bf16 (a compact
 // record), which ATen would first convert to a float32 copy.
 void relu_mask(const at::Tensor& x, const at::Tensor& act);
-// Operands of the paired bf16 products (mlp.cpp's hessian_vector on compact records):
-// out (n, wl + wr) bf16 <- [left | right] row by row; left (n, wl), right (n, wr) contiguous,
-// float32 (converted) or bf16.
-void pack_pair(const at::Tensor& out, const at::Tensor& left, const at::Tensor& right);
 // The epilogue of a bf16 product read afterwards only as a bf16 operand (compact records):
 // v = r (+ bias), zeroed where mask <= 0 (the ReLU's backward / tangent, mask defined) or where
 // v < 0 (relu); out <- bf16(v) and, when defined, colsum (m,) <- the column sums of v in float32

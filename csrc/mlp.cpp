@@ -198,6 +198,18 @@ HeadInputs head_inputs(const Mlp& mlp, const at::Tensor& theta, const LossBatch&
 // ---------------------------------------------------------------------------------------------
 // Forward + backward
 
+// The head of a loss_grad pass: grad_z <- dloss/dz_out, the per-element terms of the loss and of
+// dloss/d(m, o) in ws.partials, and the (m, o) entries of grad when it is wanted.
+static void head_grad_step(const Mlp& mlp, const at::Tensor& theta, const LossBatch& batch, const StepRecord& rec,
+                           const at::Tensor& grad_z, const at::Tensor& grad, Workspace& ws,
+                           const at::Tensor& d_target, const at::Tensor& sq) {
+  head_grad(head_inputs(mlp, theta, batch, rec.z_out), grad_z, ws.partials, d_target, sq);
+  if (mlp.gaussian && grad.defined()) {
+    at::Tensor g_scalars = mlp.scalars(grad);
+    at::sum_out(g_scalars, ws.partials.narrow(0, 1, 2), {1});
+  }
+}
+
 // loss_grad on a compact (bf16, CPU) record: each hidden product's epilogue writes its bf16
 // value straight into the record, where the next products read it (bf16_epilogue), so no float32
 // copy of the activations or of the hidden dloss/dz is stored, converted or summed apart.
@@ -216,11 +228,7 @@ static void loss_grad_compact(const Mlp& mlp, const Gemm& mm, const at::Tensor& 
   mm.with_bias(rec.z_out, mlp.bias(theta, L - 1), inputs[L - 1], mlp.weight(th, L - 1).t());
   // Head: the last layer's dloss/dz in float32 (the workspace), then its bf16 copy in the record.
   const at::Tensor p_last = ws.q[L - 1];
-  head_grad(head_inputs(mlp, theta, batch, rec.z_out), p_last, ws.partials, d_target, sq);
-  if (mlp.gaussian && grad.defined()) {
-    at::Tensor g_scalars = mlp.scalars(grad);
-    at::sum_out(g_scalars, ws.partials.narrow(0, 1, 2), {1});
-  }
+  head_grad_step(mlp, theta, batch, rec, p_last, grad, ws, d_target, sq);
   rec.grad[L - 1].copy_(p_last);
   if (grad.defined()) {
     at::Tensor g_bias = mlp.bias(grad, L - 1);
@@ -253,12 +261,7 @@ void loss_grad(const Mlp& mlp, const Gemm& mm, const at::Tensor& theta, const Lo
     mm.with_bias(out, mlp.bias(theta, l), inputs[l], mlp.weight(th, l).t(), /*relu=*/l < L - 1);
     if (l < L - 1) inputs[l + 1] = mm.operand(out);
   }
-  // Head: dloss/dz_out and the per-element terms of the loss and of dloss/d(m, o).
-  head_grad(head_inputs(mlp, theta, batch, rec.z_out), rec.grad[L - 1], ws.partials, d_target, sq);
-  if (mlp.gaussian && grad.defined()) {
-    at::Tensor g_scalars = mlp.scalars(grad);
-    at::sum_out(g_scalars, ws.partials.narrow(0, 1, 2), {1});
-  }
+  head_grad_step(mlp, theta, batch, rec, rec.grad[L - 1], grad, ws, d_target, sq);
   // Backward: P_{l-1} = mask_{l-1} * (P_l W_l); weight gradients P_l^T A_{l-1}.
   for (int64_t l = L - 1; l >= 0; --l) {
     const at::Tensor& p = rec.grad[l];
@@ -330,7 +333,8 @@ static void hessian_vector_paired(const Mlp& mlp, const Gemm& mm, const at::Tens
   head_hvp_step(mlp, theta, u, batch, rec, hu, d_target, ws);
   // Reverse; the hidden Q_l go straight into the left halves of [Q_l | P_l], their column sums
   // into (H u)_{b_l}.
-  cpu::pack_pair(pairs.dz[L - 1], ws.q[L - 1], rec.grad[L - 1]);
+  left(pairs.dz[L - 1]).copy_(ws.q[L - 1]);  // the head's Q_L, out wide: ATen's conversion
+  cpu::copy_rows(right(pairs.dz[L - 1]), rec.grad[L - 1]);
   at::Tensor hb_last = mlp.bias(hu, L - 1);
   at::sum_out(hb_last, ws.q[L - 1], {0});
   for (int64_t l = L - 1; l >= 0; --l) {

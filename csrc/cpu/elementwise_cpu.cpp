@@ -171,9 +171,6 @@ void relu_mask(const at::Tensor& x, const at::Tensor& act) {
 }
 
 namespace {
-inline float as_float(float x) { return x; }
-inline float as_float(at::BFloat16 x) { return static_cast<float>(x); }
-
 // float -> bf16, rounding to nearest even (NaN -> quiet NaN), as torch converts; written without
 // branches so that the loops below vectorize.
 inline at::BFloat16 to_bf16(float f) {
@@ -183,17 +180,8 @@ inline at::BFloat16 to_bf16(float f) {
   return at::BFloat16(static_cast<uint16_t>(f != f ? 0x7FC0u : rounded), at::BFloat16::from_bits());
 }
 
-// One row of pack_pair: [left | right] as bf16.
-template <typename L, typename R>
-OBD_FAST_CPU_CLONES void pack_row(at::BFloat16* __restrict__ out, const L* __restrict__ left, int64_t wl,
-                                  const R* __restrict__ right, int64_t wr) {
-  for (int64_t j = 0; j < wl; ++j) out[j] = to_bf16(as_float(left[j]));
-  for (int64_t j = 0; j < wr; ++j) out[wl + j] = to_bf16(as_float(right[j]));
-}
-
-template <typename T>
-const T* ptr_if(const at::Tensor& t) {
-  return t.scalar_type() == c10::CppTypeToScalarType<T>::value ? t.data_ptr<T>() : nullptr;
+OBD_FAST_CPU_CLONES void convert_row(at::BFloat16* __restrict__ out, const float* __restrict__ src, int64_t w) {
+  for (int64_t j = 0; j < w; ++j) out[j] = to_bf16(src[j]);
 }
 
 // Rows [0, n) of bf16_epilogue, columns [c0, c1): v = r (+ bias), zeroed where mask <= 0 (kMask)
@@ -209,9 +197,9 @@ OBD_FAST_CPU_CLONES void epilogue_columns(at::BFloat16* __restrict__ out, int64_
     const at::BFloat16* mi = kMask ? mask + i * m : nullptr;
     at::BFloat16* oi = out + i * out_stride;
     for (int64_t j = c0; j < c1; ++j) {
-      float v = as_float(ri[j]);
+      float v = static_cast<float>(ri[j]);
       if (kBias) v += bias[j];
-      if (kMask) v = as_float(mi[j]) <= 0.f ? 0.f : v;
+      if (kMask) v = relu_off(mi[j]) ? 0.f : v;
       if (kRelu) v = v < 0.f ? 0.f : v;  // NaN passes, as torch.relu does
       oi[j] = to_bf16(v);
       if (kSum) colsum[j] += v;
@@ -228,29 +216,6 @@ void with_flag(bool flag, const F& f) {
   }
 }
 }  // namespace
-
-void pack_pair(const at::Tensor& out, const at::Tensor& left, const at::Tensor& right) {
-  TORCH_INTERNAL_ASSERT(out.scalar_type() == at::kBFloat16 && out.is_contiguous() && left.is_contiguous() &&
-                        right.is_contiguous() && left.size(0) == out.size(0) && right.size(0) == out.size(0) &&
-                        left.size(1) + right.size(1) == out.size(1));
-  const int64_t n = out.size(0), wl = left.size(1), wr = right.size(1), w = wl + wr;
-  at::BFloat16* o = out.data_ptr<at::BFloat16>();
-  auto rows = [&](const auto* l, const auto* r) {
-    const int64_t grain_rows = std::max<int64_t>(1, 16384 / std::max<int64_t>(w, 1));
-    at::parallel_for(0, n, grain_rows, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) pack_row(o + i * w, l + i * wl, wl, r + i * wr, wr);
-    });
-  };
-  const float* lf = ptr_if<float>(left);
-  const float* rf = ptr_if<float>(right);
-  const at::BFloat16* lb = ptr_if<at::BFloat16>(left);
-  const at::BFloat16* rb = ptr_if<at::BFloat16>(right);
-  TORCH_INTERNAL_ASSERT((lf || lb) && (rf || rb), "pack_pair: float32 or bf16 sources");
-  if (lf && rf) return rows(lf, rf);
-  if (lf && rb) return rows(lf, rb);
-  if (lb && rf) return rows(lb, rf);
-  rows(lb, rb);
-}
 
 void bf16_epilogue(const at::Tensor& out, const at::Tensor& r, const at::Tensor& bias, const at::Tensor& mask,
                    bool relu, const at::Tensor& colsum) {
@@ -290,7 +255,7 @@ void convert_to_bf16(const at::Tensor& dst, const at::Tensor& src) {
   at::BFloat16* d = dst.data_ptr<at::BFloat16>();
   const float* s = src.data_ptr<float>();
   at::parallel_for(0, src.numel(), 16384, [&](int64_t begin, int64_t end) {
-    pack_row(d + begin, s + begin, end - begin, s, 0);
+    convert_row(d + begin, s + begin, end - begin);
   });
 }
 
@@ -320,9 +285,12 @@ void pack_weight_pair(const at::Tensor& cols, const at::Tensor& rows, const at::
   at::BFloat16* r = rows.data_ptr<at::BFloat16>();
   at::parallel_for(0, out, std::max<int64_t>(1, 16384 / std::max<int64_t>(in, 1)), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      pack_row(r + i * in, wp + i * in, in, wp, 0);
-      pack_row(r + (out + i) * in, up + i * in, in, up, 0);
-      if (c != nullptr) pack_row(c + i * 2 * in, up + i * in, in, wp + i * in, in);
+      convert_row(r + i * in, wp + i * in, in);
+      convert_row(r + (out + i) * in, up + i * in, in);
+      if (c != nullptr) {
+        convert_row(c + i * 2 * in, up + i * in, in);
+        convert_row(c + i * 2 * in + in, wp + i * in, in);
+      }
     }
   });
 }
