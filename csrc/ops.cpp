@@ -157,8 +157,12 @@ std::vector<at::Tensor> op_meta_gradient(const at::Tensor& theta0, const at::Ten
   const LossBatch batch{obs.contiguous(), target.contiguous(), optional_contig(outer_noise), optional_contig(weight)};
   Workspace ws(mlp, b, opts);
   // A compact record here too (bf16 on the CPU): the outer batch is 10x the inner one, and its
-  // float32 activations would each be stored, then converted for the next product.
-  at::Tensor slot = at::empty({mlp.record_size(b, cfg.compact_records)}, opts);
+  // float32 activations would each be stored, then converted for the next product. Pooled on
+  // the CPU like the tape: allocated fresh, its ~8 MB were page-faulted in on every call.
+  const int64_t slot_numel = mlp.record_size(b, cfg.compact_records);
+  std::optional<TapeLease> slot_lease;
+  if (theta0.is_cpu()) slot_lease.emplace(slot_numel, opts);
+  const at::Tensor slot = slot_lease ? slot_lease->buffer() : at::empty({slot_numel}, opts);
   at::Tensor v = at::empty({mlp.num_params}, opts);
   loss_grad(mlp, Gemm{cfg.precision}, tape.theta_T, batch, record_views(mlp, slot, b, cfg.compact_records), v, ws);
   at::Tensor loss = ws.partials.select(0, 0).sum();

@@ -27,14 +27,16 @@ def build_info() -> str:
 
 
 def cached_tape_bytes() -> int:
-    """Host memory the fused CPU ``meta_gradient`` keeps for the tapes of later calls (csrc/tape_pool.h)."""
+    """Host memory the fused CPU ``meta_gradient`` keeps for the tapes (and outer-loss records) of later
+    calls (csrc/tape_pool.h)."""
     return 0 if _load_error is not None else int(torch.ops.obd_fast.tape_pool_bytes())
 
 
 def empty_cache() -> None:
     """Frees the host memory kept for fused CPU tapes (like ``torch.cuda.empty_cache`` for CUDA).
 
-    A fused CPU ``meta_gradient`` keeps its tape (~200 MB at the paper setting) for the next call:
+    A fused CPU ``meta_gradient`` keeps its tape (~200 MB at the paper setting) and its outer-loss
+    record (~8 MB) for the next call:
     reusing the same pages saves the kernel mapping and zeroing them every call (~10% of a step).
     """
     if _load_error is None:

@@ -48,9 +48,19 @@ def check_tensor(name: str, t, shape, like: Optional[torch.Tensor] = None, check
         if t.device != like.device:
             raise ValueError(f"{name} is on {t.device} but {like_name} is on {like.device}; "
                              "all tensors must be on one device")
-    if check_finite and not bool(torch.isfinite(t).all()):
+    if check_finite and not all_finite(t):
         bad = int((~torch.isfinite(t)).sum())
         raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or Inf)")
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """No NaN or Inf in t. One min/max pass (NaN propagates through both, an Inf is an end):
+    isfinite().all() makes three passes and a bool tensor, ~10x slower on a 139k-float theta,
+    and these checks run on every op call."""
+    if t.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(t)
+    return bool(torch.isfinite(torch.stack((lo, hi))).all())
 
 
 def check_scalar(name: str, value, *, minimum: float, strict: bool, maximum: Optional[float] = None) -> float:

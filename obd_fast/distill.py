@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from .checkpoint import atomic_torch_save, atomic_write, atomic_write_text
+from .checks import all_finite
 from ._extension import resolve_backend
 from .graph import MetaGradientGraph
 from .ops import meta_gradient, unroll_bc, weighted_bc_loss
@@ -278,7 +279,7 @@ class Distiller:
         weights are not finite."""
         cfg = self.config
         obs, target, weight = self.targets(batch.index, batch.teacher_noise)
-        if not bool(torch.isfinite(target).all()) or (weight is not None and not bool(torch.isfinite(weight).all())):
+        if not all_finite(target) or (weight is not None and not all_finite(weight)):
             return None
         gaussian = self.spec.head == "gaussian"
         inner_noise = batch.inner_noise if gaussian else None

@@ -31,16 +31,17 @@ def test_pool_keeps_the_tape_and_empty_cache_frees_it():
     assert obd_fast.cached_tape_bytes() == 0
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_reused_dirty_tape_gives_bitwise_the_same_result(dtype):
-    # A fresh tape, then one reused from a bigger run that left other numbers in it: any tape entry
-    # read before this run wrote it would change the result.
+@pytest.mark.parametrize("dtype, kw", [(torch.float32, {}), (torch.float64, {}), (torch.float32, dict(precision="bf16")),
+                                       (torch.float32, dict(checkpoint_every=4))])
+def test_reused_dirty_tape_gives_bitwise_the_same_result(dtype, kw):
+    # A fresh tape and outer-loss record, then ones reused from a bigger run that left other
+    # numbers in them: any entry read before this run wrote it would change the result.
     obd_fast.empty_cache()
     case = make_case(SPEC, 19, 23, 6, dtype, seed=1)
-    fresh = meta(case)
-    big = make_case(dict(SPEC, hidden=(64, 40)), 37, 11, 9, dtype, seed=2)
-    meta(big)
-    reused = meta(case)
+    fresh = meta(case, **kw)
+    big = make_case(dict(SPEC, hidden=(64, 40)), 37, 41, 9, dtype, seed=2)
+    meta(big, **kw)
+    reused = meta(case, **kw)
     assert all(torch.equal(a, b) for a, b in zip(fresh, reused))
     if dtype == torch.float64:
         check_against_plain(case, "fused", 1e-9, lr=0.1, momentum=0.9)

@@ -142,6 +142,27 @@ def test_non_finite(case):
         meta(case, weight=bad_w)
 
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_all_finite_agrees_with_isfinite(dtype):
+    """The one-pass check against torch.isfinite(t).all(): NaN, +Inf, -Inf alone or together at
+    random places of odd-sized tensors, the extreme finite values, and empty tensors."""
+    from obd_fast.checks import all_finite
+    g = torch.Generator().manual_seed(0)
+    big = torch.finfo(dtype).max
+    for trial in range(60):
+        shape = tuple(int(s) for s in torch.randint(1, 40, (int(torch.randint(1, 4, (1,), generator=g)),),
+                                                     generator=g))
+        t = torch.randn(shape, generator=g, dtype=dtype) * 10.0 ** float(torch.randint(-3, 4, (1,), generator=g))
+        flat = t.view(-1)
+        for value in (float("nan"), float("inf"), -float("inf"), big, -big):
+            if torch.rand(1, generator=g) < 0.3:
+                flat[int(torch.randint(0, flat.numel(), (1,), generator=g))] = value
+        assert all_finite(t) == bool(torch.isfinite(t).all()), (shape, t)
+    assert all_finite(torch.empty(0, 3, dtype=dtype))
+    assert not all_finite(torch.tensor([float("nan")], dtype=dtype))
+    assert all_finite(torch.tensor([big, -big], dtype=dtype))
+
 # -- hyperparameters ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("op", [unroll, meta])
