@@ -49,3 +49,19 @@ def test_gpu_benchmark_chart_redraws_from_a_saved_run(tmp_path):
     assert (tmp_path / "run.png").stat().st_size > 10_000
     info = json.loads(copy.read_text())
     assert {key for key, _ in gpu_meta_gradient.CHART} <= set(info["results"][0])
+
+
+def test_ck_overhead_measures_the_extra_time_and_its_floor(capsys):
+    from benchmarks import cpu_ck_overhead
+
+    threads = torch.get_num_threads()
+    try:
+        r = cpu_ck_overhead.measure("hopper", 5, 2, "native", 2, n_syn=9, batch=13, hidden=(7, 5))
+    finally:
+        torch.set_num_threads(threads)
+    assert set(r["seconds"]) == {"forward", "meta", "meta_ck"}
+    assert all(len(v) == 2 and min(v) > 0 for v in r["seconds"].values())
+    best = r["best"]
+    # 3 of the 5 steps are recomputed (all segments but the last, k=2)
+    assert r["floor"] == pytest.approx(0.6 * best["forward"] / best["meta"])
+    assert r["extra"] == pytest.approx(best["meta_ck"] / best["meta"] - 1)
