@@ -55,11 +55,39 @@ struct HeadPoint {
   T lam;   // log_std output of the network (0 for the tanh head)
 };
 
+// log_std before the exp, clamped as torch.clamp(s, -20, 2).
 template <typename T>
-OBD_HD HeadPoint<T> head_point(const HeadArgs<T>& a, int64_t i, int64_t j) {
+OBD_HD T clamp_log_std(T s) {
+  return s < T(kLogStdMin) ? T(kLogStdMin) : (s > T(kLogStdMax) ? T(kLogStdMax) : s);
+}
+
+// The transcendental part of one element: the noise term sigma * eps (0 for the tanh head or without noise)
+// and tanh(u). Apart so that the CPU loops can compute a block of them with vector code.
+template <typename T>
+struct HeadTrig {
+  T sigma_eps;
+  T th;
+};
+
+// s = m * lam + o, the log_std before the clamp (gaussian head).
+template <typename T>
+OBD_HD T head_log_std(const HeadArgs<T>& a, int64_t i, int64_t j) {
+  return a.scalars[0] * a.z[i * a.out + a.act + j] + a.scalars[1];
+}
+
+template <typename T>
+OBD_HD HeadTrig<T> head_trig(const HeadArgs<T>& a, int64_t i, int64_t j) {
+  HeadTrig<T> t{T(0), T(0)};
+  if (a.scalars != nullptr && a.noise != nullptr) {
+    t.sigma_eps = fast_exp(clamp_log_std(head_log_std(a, i, j))) * a.noise[i * a.act + j];
+  }
+  t.th = fast_tanh(a.z[i * a.out + j] + t.sigma_eps);
+  return t;
+}
+
+template <typename T>
+OBD_HD HeadPoint<T> head_point(const HeadArgs<T>& a, int64_t i, int64_t j, const HeadTrig<T>& t) {
   HeadPoint<T> p;
-  const T mu = a.z[i * a.out + j];
-  T u = mu;
   p.rho = T(0);
   p.m = T(0);
   p.lam = T(0);
@@ -67,17 +95,13 @@ OBD_HD HeadPoint<T> head_point(const HeadArgs<T>& a, int64_t i, int64_t j) {
     p.lam = a.z[i * a.out + a.act + j];
     p.m = a.scalars[0];
     if (a.noise != nullptr) {
-      const T eps = a.noise[i * a.act + j];
-      const T s = p.m * p.lam + a.scalars[1];
+      const T s = head_log_std(a, i, j);
       // torch.clamp passes the gradient on the closed interval [min, max].
       const bool inside = s >= T(kLogStdMin) && s <= T(kLogStdMax);
-      const T clamped = s < T(kLogStdMin) ? T(kLogStdMin) : (s > T(kLogStdMax) ? T(kLogStdMax) : s);
-      const T sigma_eps = fast_exp(clamped) * eps;
-      u = mu + sigma_eps;
-      p.rho = inside ? sigma_eps : T(0);
+      p.rho = inside ? t.sigma_eps : T(0);
     }
   }
-  const T th = fast_tanh(u);
+  const T th = t.th;
   const T sech2 = T(1) - th * th;
   p.yp = a.max_action * sech2;
   p.ypp = T(-2) * a.max_action * th * sech2;
@@ -96,10 +120,11 @@ struct GradOut {
   T* sq;         // (n, act) or null: scale * diff^2, the loss per unit weight
 };
 
+// t: head_trig(a, i, j), computed here unless the caller has it.
 template <typename T>
-OBD_HD void head_grad_element(const HeadArgs<T>& a, const GradOut<T>& o, int64_t idx) {
+OBD_HD void head_grad_element(const HeadArgs<T>& a, const GradOut<T>& o, int64_t idx, const HeadTrig<T>* t = nullptr) {
   const int64_t i = idx / a.act, j = idx - (idx / a.act) * a.act;
-  const HeadPoint<T> p = head_point(a, i, j);
+  const HeadPoint<T> p = head_point(a, i, j, t != nullptr ? *t : head_trig(a, i, j));
   const int64_t total = a.n * a.act;
   const T g_u = p.r * p.yp;
   o.grad_z[i * a.out + j] = g_u;
@@ -132,9 +157,10 @@ struct HvpOut {
 };
 
 template <typename T>
-OBD_HD void head_hvp_element(const HeadArgs<T>& a, const HvpArgs<T>& h, const HvpOut<T>& o, int64_t idx) {
+OBD_HD void head_hvp_element(const HeadArgs<T>& a, const HvpArgs<T>& h, const HvpOut<T>& o, int64_t idx,
+                             const HeadTrig<T>* t = nullptr) {
   const int64_t i = idx / a.act, j = idx - (idx / a.act) * a.act;
-  const HeadPoint<T> p = head_point(a, i, j);
+  const HeadPoint<T> p = head_point(a, i, j, t != nullptr ? *t : head_trig(a, i, j));
   const int64_t total = a.n * a.act;
   const T g_u = p.r * p.yp;                                 // dloss/du
   const T h_uu = T(2) * p.c * p.yp * p.yp + p.r * p.ypp;    // d2loss/du2
@@ -160,13 +186,7 @@ OBD_HD void head_hvp_element(const HeadArgs<T>& a, const HvpArgs<T>& h, const Hv
 // Action of the head (the policy's forward), for the standalone forward op.
 template <typename T>
 OBD_HD T head_action(const HeadArgs<T>& a, int64_t i, int64_t j) {
-  T u = a.z[i * a.out + j];
-  if (a.scalars != nullptr && a.noise != nullptr) {
-    const T s = a.scalars[0] * a.z[i * a.out + a.act + j] + a.scalars[1];
-    const T clamped = s < T(kLogStdMin) ? T(kLogStdMin) : (s > T(kLogStdMax) ? T(kLogStdMax) : s);
-    u += fast_exp(clamped) * a.noise[i * a.act + j];
-  }
-  return a.max_action * fast_tanh(u);
+  return a.max_action * head_trig(a, i, j).th;
 }
 
 // One SGD step as torch.optim.SGD (no dampening, no Nesterov): g = grad + wd * theta,

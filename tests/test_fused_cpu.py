@@ -332,3 +332,36 @@ def test_stored_state_bytes_matches_the_tape(checkpoint_every, momentum, precisi
         assert kept + 4 * ((k + 1) * spec.num_params + k * record_floats(spec, n, compact)) == want
     if compact:  # bf16 activations and dloss/dz: (2 * 22 + 4) * 7 / 2 floats, then z_out's 4 * 7
         assert record_floats(spec, n, True) == 168 + 28 < record_floats(spec, n) == 336 + 28
+
+
+@pytest.mark.parametrize("n", [1, 255, 4099])
+def test_cpu_vector_exp_tanh_in_the_head_match_libm_float32(n):
+    """The CPU head computes exp and tanh in float32 with its own vector code (csrc/cpu/vec_math.h),
+    blocks of 256 elements. Through policy_forward with z made exactly controllable (obs >= 0,
+    identity weights): mu over [-12, 12] (both tanh branches and saturation), log_std over
+    [-27, 7] (both clamps), against torch's float32 exp and tanh applied to the same float32 z."""
+    spec = obd_fast.PolicySpec(6, 3, (6,), head="gaussian", max_action=1.7)
+    theta = spec.init_params(generator=torch.Generator().manual_seed(n))
+    (w1, b1), (w2, b2), mult, off = *spec.unflatten(theta)[0], *spec.unflatten(theta)[1:]
+    w1.copy_(torch.eye(6)), b1.zero_(), w2.copy_(torch.eye(6)), mult.fill_(1.3), off.fill_(-0.4)
+    b2.copy_(torch.tensor([-12.0, -1.0, -0.3, -20.0, -5.0, 0.0]))
+    g = torch.Generator().manual_seed(100 + n)
+    obs = torch.rand(n, 6, generator=g) * torch.tensor([24.0, 2.0, 0.6, 20.0, 10.0, 5.0])
+    obs[:, 1] = obs[:, 1] ** 4  # many tiny |mu| near 0, where tanh(u) ~ u needs relative accuracy
+    noise = torch.randn(n, 3, generator=g) * 3
+    got = obd_fast.policy_forward(theta, obs, spec, noise, backend="fused")
+    z = obs + b2  # what the op's first two layers give (identity weights, ReLU of obs >= 0)
+    s = torch.clamp(mult * z[:, 3:] + off, -20.0, 2.0)
+    sigma_eps = torch.exp(s) * noise
+    th = torch.tanh(z[:, :3] + sigma_eps)
+    want = spec.max_action * th
+
+    def ulp(x):
+        return torch.nextafter(x.abs(), torch.tensor(float("inf"))) - x.abs()
+
+    # a few ulps of tanh, plus a few ulps of sigma * eps carried through tanh' (where mu + sigma
+    # * eps cancels, an ulp of sigma * eps is many ulps of the action)
+    tol = spec.max_action * (4 * ulp(th) + (1 - th * th) * 4 * ulp(sigma_eps))
+    err = (got - want).abs()
+    assert torch.all(err <= tol), (err / tol).max()
+    assert (err > 0).any() or n == 1  # really another implementation than torch's

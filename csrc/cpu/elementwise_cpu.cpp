@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "../head_args.h"
+#include "vec_math.h"
 
 namespace obd_fast {
 namespace cpu {
@@ -25,14 +26,67 @@ constexpr int64_t kGrain = 2048;
 #define OBD_FAST_CPU_CLONES
 #endif
 
+namespace {
+constexpr int64_t kHeadBlock = 256;
+
+// sigma * eps and tanh(u) of the head elements [begin, end) (head::head_trig) into se and th.
+template <typename T>
+void head_trig_block(const head::HeadArgs<T>& a, int64_t begin, int64_t end, T* se, T* th) {
+  for (int64_t idx = begin; idx < end; ++idx) {
+    const head::HeadTrig<T> t = head::head_trig(a, idx / a.act, idx % a.act);
+    se[idx - begin] = t.sigma_eps;
+    th[idx - begin] = t.th;
+  }
+}
+
+OBD_FAST_CPU_CLONES void trig_columns(const float* mu, const float* s, const float* eps, int64_t count, float* se,
+                                      float* th) {
+  if (s != nullptr) {
+    for (int64_t k = 0; k < count; ++k) se[k] = vec_exp(s[k]) * eps[k];
+  } else {
+    for (int64_t k = 0; k < count; ++k) se[k] = 0.0f;
+  }
+  for (int64_t k = 0; k < count; ++k) th[k] = vec_tanh(mu[k] + se[k]);
+}
+
+// float: exp and tanh from vec_math.h (inline, vector code) instead of libm calls.
+template <>
+void head_trig_block<float>(const head::HeadArgs<float>& a, int64_t begin, int64_t end, float* se, float* th) {
+  float mu[kHeadBlock], s[kHeadBlock], eps[kHeadBlock];
+  const bool noisy = a.scalars != nullptr && a.noise != nullptr;
+  for (int64_t idx = begin; idx < end; ++idx) {
+    const int64_t i = idx / a.act, j = idx % a.act, k = idx - begin;
+    mu[k] = a.z[i * a.out + j];
+    if (noisy) {
+      s[k] = head::clamp_log_std(head::head_log_std(a, i, j));
+      eps[k] = a.noise[i * a.act + j];
+    }
+  }
+  trig_columns(mu, noisy ? s : nullptr, eps, end - begin, se, th);
+}
+
+// f(idx, trig) for every head element, the transcendental parts a block at a time.
+template <typename T, typename F>
+void for_head_elements(const head::HeadArgs<T>& a, const F& f) {
+  at::parallel_for(0, a.n * a.act, kGrain, [&](int64_t begin, int64_t end) {
+    T se[kHeadBlock], th[kHeadBlock];
+    for (int64_t b0 = begin; b0 < end; b0 += kHeadBlock) {
+      const int64_t b1 = std::min(end, b0 + kHeadBlock);
+      head_trig_block(a, b0, b1, se, th);
+      for (int64_t idx = b0; idx < b1; ++idx) f(idx, head::HeadTrig<T>{se[idx - b0], th[idx - b0]});
+    }
+  });
+}
+}  // namespace
+
 void head_grad(const HeadInputs& in, const at::Tensor& grad_z, const at::Tensor& partials, const at::Tensor& d_target,
                const at::Tensor& sq) {
   AT_DISPATCH_FLOATING_TYPES(in.z.scalar_type(), "obd_fast_head_grad_cpu", [&] {
     const auto a = make_head_args<scalar_t>(in);
     const head::GradOut<scalar_t> o{grad_z.data_ptr<scalar_t>(), partials.data_ptr<scalar_t>(),
                                     mut_ptr_or_null<scalar_t>(d_target), mut_ptr_or_null<scalar_t>(sq)};
-    at::parallel_for(0, a.n * a.act, kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t idx = begin; idx < end; ++idx) head::head_grad_element(a, o, idx);
+    for_head_elements(a, [&](int64_t idx, const head::HeadTrig<scalar_t>& t) {
+      head::head_grad_element(a, o, idx, &t);
     });
   });
 }
@@ -44,8 +98,8 @@ void head_hvp(const HeadInputs& in, const at::Tensor& zdot, const at::Tensor& di
     const head::HvpArgs<scalar_t> h{zdot.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(dir_scalars)};
     const head::HvpOut<scalar_t> o{q.data_ptr<scalar_t>(), partials.data_ptr<scalar_t>(),
                                    mut_ptr_or_null<scalar_t>(d_target)};
-    at::parallel_for(0, a.n * a.act, kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t idx = begin; idx < end; ++idx) head::head_hvp_element(a, h, o, idx);
+    for_head_elements(a, [&](int64_t idx, const head::HeadTrig<scalar_t>& t) {
+      head::head_hvp_element(a, h, o, idx, &t);
     });
   });
 }
@@ -54,9 +108,7 @@ void head_action(const HeadInputs& in, const at::Tensor& actions) {
   AT_DISPATCH_FLOATING_TYPES(in.z.scalar_type(), "obd_fast_head_action_cpu", [&] {
     const auto a = make_head_args<scalar_t>(in);
     scalar_t* out = actions.data_ptr<scalar_t>();
-    at::parallel_for(0, a.n * a.act, kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t idx = begin; idx < end; ++idx) out[idx] = head::head_action(a, idx / a.act, idx % a.act);
-    });
+    for_head_elements(a, [&](int64_t idx, const head::HeadTrig<scalar_t>& t) { out[idx] = a.max_action * t.th; });
   });
 }
 
