@@ -100,21 +100,24 @@ OBD_HD void for_each_slice(Block& bx, const Mat<T>& A, const Mat<T>& B, int i0, 
   }
 }
 
-// 2 x 2 outputs per thread: (r + 16 a, c + 16 b) with (r, c) = (t / 16, t % 16).
-template <typename T, typename Block>
-struct SliceTiles {
-  static constexpr int kPitch = kTile + 1;  // staged rows one float apart: conflict-free stores
+// The per-thread accumulators of a tile policy, R x C values per thread, and their zeroing.
+template <typename T, typename Block, int R, int C>
+struct TileAccumulators {
   struct Values {
-    T v[2][2];
+    T v[R][C];
   };
   using Acc = typename Block::template Local<Values>;
 
   OBD_HD static void zero(Block& bx, Acc& acc) {
-    bx.threads([&](int t) {
-      for (int a = 0; a < 2; ++a)
-        for (int b = 0; b < 2; ++b) acc(t).v[a][b] = T(0);
-    });
+    bx.threads([&](int t) { acc(t) = Values{}; });  // value-initialized: every v[a][b] = 0
   }
+};
+
+// 2 x 2 outputs per thread: (r + 16 a, c + 16 b) with (r, c) = (t / 16, t % 16).
+template <typename T, typename Block>
+struct SliceTiles : TileAccumulators<T, Block, 2, 2> {
+  using Acc = typename TileAccumulators<T, Block, 2, 2>::Acc;
+  static constexpr int kPitch = kTile + 1;  // staged rows one float apart: conflict-free stores
 
   // acc += the tile (i0, j0) of A B.
   OBD_HD static void mac(Block& bx, Acc& acc, const Mat<T>& A, const Mat<T>& B, int i0, int j0, int M, int N, int K) {
@@ -172,20 +175,10 @@ OBD_HD void load4(const T* p, T (&v)[4]) {
 // Group g = t / 64 multiplies k in [g * kSlice / 4, (g + 1) * kSlice / 4) of each slice; thread
 // (r, c) = ((t % 64) / 8, t % 8) of a group owns outputs (4 r + a, 4 c + b).
 template <typename T, typename Block>
-struct KSplitTiles {
+struct KSplitTiles : TileAccumulators<T, Block, 4, 4> {
+  using Acc = typename TileAccumulators<T, Block, 4, 4>::Acc;
   static constexpr int kGroups = 4, kGroupK = kSlice / kGroups;
   static constexpr int kPitch = kTile + 4;  // staged rows 16 bytes apart: aligned 4-wide reads
-  struct Values {
-    T v[4][4];
-  };
-  using Acc = typename Block::template Local<Values>;
-
-  OBD_HD static void zero(Block& bx, Acc& acc) {
-    bx.threads([&](int t) {
-      for (int a = 0; a < 4; ++a)
-        for (int b = 0; b < 4; ++b) acc(t).v[a][b] = T(0);
-    });
-  }
 
   OBD_HD static void mac(Block& bx, Acc& acc, const Mat<T>& A, const Mat<T>& B, int i0, int j0, int M, int N, int K) {
     for_each_slice<kPitch>(bx, A, B, i0, j0, M, N, K, [&](const T* As, const T* Bs) {
