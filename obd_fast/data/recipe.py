@@ -27,6 +27,7 @@ import torch
 
 from ..checkpoint import atomic_torch_save, atomic_write, atomic_write_text
 from .errors import DatasetError
+from .loaders import compact_next_observations
 from .scores import normalized_score, reference_scores, task_name
 
 
@@ -383,7 +384,7 @@ Command (from the repository root; it also writes the Minari and medium-replay v
 | episode return mean +- std (min, max) | {return_mean:.1f} +- {return_std:.1f} ({return_min:.1f}, {return_max:.1f}) |
 | normalized return of the dataset's episodes | {normalized_mean:.1f} +- {normalized_std:.1f} |
 | mean episode length; episodes ended by a fall | {episode_length_mean:.1f}; {terminated_episodes} |
-| file | `{file}` ({megabytes:.1f} MB; D4RL keys, float32, with next_observations) |
+| file | `{file}` ({megabytes:.1f} MB; D4RL keys, float32; {next_form}) |
 
 Load it with `obd_fast.data.load_dataset("bundled:{name}")`. Normalized scores use D4RL's
 reference returns for {task} ({ref_min} random, {ref_max} expert).
@@ -400,11 +401,20 @@ def write_bundle(run_dir, dest, kind: str = "medium") -> Path:
     behavior = summary["behavior_policy"]
     dest.mkdir(parents=True, exist_ok=True)
     target = dest / ds["npz"]
-    shutil.copyfile(run_dir / ds["npz"], target)
+    with np.load(run_dir / ds["npz"], allow_pickle=False) as f:
+        fields = {k: f[k] for k in f.files}
+    # s' only where it is not the next row (episode ends): the same table at ~60% of the size
+    fields = compact_next_observations(fields)
+
+    def write(tmp):
+        with open(tmp, "wb") as out:
+            np.savez_compressed(out, **fields)
+
+    atomic_write(target, write)
     text = BUNDLE_README.format(
         name=dest.name, task=task, file=target.name, megabytes=target.stat().st_size / 1e6,
         freeze_return=behavior["return_mean"], freeze_score=behavior["normalized"], freeze_step=behavior["env_steps"],
-        ref_min=lo, ref_max=hi,
+        ref_min=lo, ref_max=hi, next_form="s' of each episode's last row as `final_next_observations`",
         wall_minutes=(summary["train_seconds"] + summary["rollout_seconds"]) / 60,
         train_env_steps=summary["train_env_steps"], reached_target=summary["reached_target"], **cfg,
         **{k: v for k, v in ds.items() if k not in ("npz", "minari", "npz_bytes")})
