@@ -14,8 +14,10 @@ MuJoCo tasks (hopper, walker2d, halfcheetah), several seeds each, with the paper
 
 ``run`` starts one ``obd-fast distill`` process per (task, objective, seed), ``--parallel`` at a
 time with one torch thread each, lowest seeds first so a short budget still gives one of each.
-A run that is to go past :data:`MILESTONE` steps first stops there and keeps that synthetic set
-(``synset-step2000.pt``), so the 2k-step table and the long runs share their first 2000 steps.
+A run that is to go past one of :data:`KEPT_STEPS` first stops there and keeps that synthetic
+set (``synset-step2000.pt``, ...), so the 2k-step table and the long runs share their first 2000
+steps, and a long run also gives the set at 4000 steps (the equal-wall-time partner of a
+meta-batch of 2 at 2000 steps).
 Each run holds a lock while a process drives it, so several schedulers (``--shard``) never drive
 the same run. A run directory missing here but exported under ``results/resume/`` starts from
 the exported state, so a long run continues on a fresh clone of another machine.
@@ -52,7 +54,8 @@ LABELS = {"random": "random selection", "dbc": "DBC", "pbc": "PBC", "av-pbc": "A
           "bc": "BC (whole dataset)", "teacher": "teacher (TD3+BC)"}
 # the paper's Table 1 averages over its nine D4RL datasets (N_syn = 256), for orientation only
 PAPER_AVERAGE = {"random": 7.6, "dbc": 20.9, "pbc": 30.4, "av-pbc": 38.2, "bc": 45.7, "teacher": 70.1}
-MILESTONE = 2000           # outer steps of the main table; longer runs keep their set at this step
+MILESTONE = 2000           # outer steps of the main table
+KEPT_STEPS = (MILESTONE, 4000)  # longer runs keep their synthetic set at these steps
 FINAL_ENV_SEED = 100_000   # final evaluations roll out on env seeds FINAL_ENV_SEED, +1, ...
 RESULTS_DIR = REPO / "results"
 
@@ -116,15 +119,24 @@ def parse_shard(text: str):
 
 # ------------------------------------------------------------------------------------ run
 def next_target(done: int, steps: int) -> int:
-    """Where the next process of a run stops: the milestone first, then the run's own target."""
-    return MILESTONE if done < MILESTONE < steps else steps
+    """Where the next process of a run stops: the next kept step, then the run's own target."""
+    return min([k for k in KEPT_STEPS if done < k < steps], default=steps)
 
 
 def keep_milestone(path: Path) -> None:
-    """Keep the synthetic set a run saved at the milestone (before it continues past it)."""
-    kept = path / f"synset-step{MILESTONE}.pt"
-    if not kept.exists() and reached_step(path) == MILESTONE:
+    """Keep the synthetic set a run saved at a kept step (before it continues past it)."""
+    step = reached_step(path)
+    kept = path / f"synset-step{step}.pt"
+    if step in KEPT_STEPS and not kept.exists():
         shutil.copyfile(path / "synset.pt", kept)
+
+
+def synset_files(path: Path) -> dict:
+    """{step: file} of a run's kept synthetic sets and its latest one."""
+    step = reached_step(path)
+    files = {k: path / f"synset-step{k}.pt" for k in KEPT_STEPS if k < step}
+    files[step] = path / "synset.pt"
+    return {k: f for k, f in files.items() if f.exists()}
 
 
 def seed_from_export(path: Path, task: str, objective: str, seed: int) -> None:
@@ -220,20 +232,15 @@ def cmd_export(args) -> int:
                     continue
                 dest = RESULTS_DIR / "synsets" / f"{task}-medium"
                 dest.mkdir(parents=True, exist_ok=True)
-                step = reached_step(path)
-                sets = {MILESTONE: path / (f"synset-step{MILESTONE}.pt" if step > MILESTONE else "synset.pt")}
-                if step != MILESTONE:
-                    sets[step] = path / "synset.pt"
-                for s, src in sets.items():
-                    if src.exists():
-                        shutil.copyfile(src, dest / exported_name(objective, seed, s))
-                        n += 1
-                if step > MILESTONE:
+                for s, src in synset_files(path).items():
+                    shutil.copyfile(src, dest / exported_name(objective, seed, s))
+                    n += 1
+                if reached_step(path) > MILESTONE:
                     keep = RESULTS_DIR / "resume" / f"{task}-medium" / f"{objective}-seed{seed}"
                     keep.mkdir(parents=True, exist_ok=True)
-                    for name in ("state.pt", "synset.pt", f"synset-step{MILESTONE}.pt", "config.json", "log.csv"):
-                        if (path / name).exists():
-                            shutil.copyfile(path / name, keep / name)
+                    for f in path.iterdir():
+                        if f.suffix in (".pt", ".json", ".csv") and f.name != "final_eval.json":
+                            shutil.copyfile(f, keep / f.name)
     print(f"exported {n} synthetic set(s) to {RESULTS_DIR / 'synsets'}")
     return 0
 
@@ -271,16 +278,9 @@ def evaluate_task(args, task: str) -> dict:
     first = None
     for objective in OBJECTIVES:
         for seed in args.seeds:
-            path = run_dir(root, task, objective, seed)
-            step = reached_step(path)
-            files = {MILESTONE: path / (f"synset-step{MILESTONE}.pt" if step > MILESTONE else "synset.pt")}
-            if step > MILESTONE:
-                files[step] = path / "synset.pt"
-            for s, f in files.items():
-                if not f.exists():
-                    continue
+            for s, f in synset_files(run_dir(root, task, objective, seed)).items():
                 syn = load_synset(f)
-                if syn.step != s:
+                if syn.step != s or s < MILESTONE:
                     continue  # a run still short of the milestone
                 first = first or syn
                 res = cache.get(f"{objective}-s{seed}-step{s}-{tag}",

@@ -29,6 +29,7 @@ def _starts(root, job):
 @pytest.fixture
 def tiny_milestone(monkeypatch, tmp_path):
     monkeypatch.setattr(results, "MILESTONE", 2)
+    monkeypatch.setattr(results, "KEPT_STEPS", (2,))
     monkeypatch.setattr(results, "RESULTS_DIR", tmp_path / "results")
 
 
