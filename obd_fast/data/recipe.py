@@ -364,9 +364,10 @@ BUNDLE_README = """# Bundled dataset: {name}
 Made by the project's own recipe (`obd_fast/data/recipe.py`): online SAC on Gymnasium
 `{env_id}` (MuJoCo) until its stochastic policy's mean normalized return over {eval_episodes}
 evaluation episodes reached {target_score} (evaluated every {eval_every} steps, every {fine_eval_every}
-once a score passed {fine_eval_from} x the target). A hopper policy can leap far past the target
-between two evaluations, so the behavior policy is the evaluated snapshot closest to the target
-among the recent ones, and medium-replay holds the buffer up to it. Then rollouts of that policy
+once a score passed {fine_eval_from} x the target). A SAC policy's score can leap far past the
+target between two evaluations (on hopper, from 24 to 73 within 1k steps), so the behavior policy
+is the evaluated snapshot closest to the target among the recent ones, and medium-replay holds the
+buffer up to it. Then rollouts of that policy
 (stochastic actions, whole episodes) until at least {medium_transitions} transitions, as D4RL's
 "medium" datasets were made. Nothing here was downloaded.
 
@@ -386,7 +387,8 @@ Command (from the repository root; it also writes the Minari and medium-replay v
 | mean episode length; episodes ended by a fall | {episode_length_mean:.1f}; {terminated_episodes} |
 | file | `{file}` ({megabytes:.1f} MB; D4RL keys, float32; {next_form}) |
 
-Load it with `obd_fast.data.load_dataset("bundled:{name}")`. Normalized scores use D4RL's
+The training curve (evaluations of the SAC policy, the behavior policy marked) is
+`training_curve.png`. Load the data with `obd_fast.data.load_dataset("bundled:{name}")`. Normalized scores use D4RL's
 reference returns for {task} ({ref_min} random, {ref_max} expert).
 """
 
@@ -419,6 +421,8 @@ def write_bundle(run_dir, dest, kind: str = "medium") -> Path:
         train_env_steps=summary["train_env_steps"], reached_target=summary["reached_target"], **cfg,
         **{k: v for k, v in ds.items() if k not in ("npz", "minari", "npz_bytes")})
     atomic_write_text(dest / "README.md", text)
+    if (run_dir / "training_curve.png").exists():
+        shutil.copyfile(run_dir / "training_curve.png", dest / "training_curve.png")
     return target
 
 
