@@ -355,3 +355,25 @@ def test_batch_mean_weights_bad_sizes(sizes, num_batches, message):
 def test_batch_mean_weights_take_numpy_sizes():
     w = obd_fast.batch_mean_weights(np.array([2, 4]))
     assert torch.allclose(w, torch.tensor([1.5, 1.5, 0.75, 0.75, 0.75, 0.75]))
+
+
+def test_readme_unroll_module_example_runs():
+    # the README's RememberThePast-style example, with the stand-ins for the user's classes
+    import re
+    from pathlib import Path
+
+    import torch.nn.functional as F
+
+    from benchmarks.obd_standin import StandInSynset
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (code,) = [block for block in re.findall(r"```python\n(.*?)```", text, re.S) if "unroll_module(" in block]
+    g = torch.Generator().manual_seed(15)
+    synset = StandInSynset(torch.randn(8, OBS, generator=g), torch.rand(8, ACT, generator=g))
+    batches = [{"obs": torch.randn(n, OBS, generator=g), "acts": torch.rand(n, ACT, generator=g)} for n in (6, 4)]
+    scope = dict(torch=torch, F=F, obd_fast=obd_fast, TanhGaussianPolicy=StandInGaussianPolicy, obs_dim=OBS,
+                 act_dim=ACT, max_action=1.0, synset=synset, batches=batches)
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["d_obs"].shape == (8, OBS) and scope["d_act"].shape == (8, ACT)
+    assert [g.shape for g in scope["dL_dw"]] == [p.shape for p in scope["policy"].parameters()]
+    assert scope["d_obs"].abs().sum() > 0
