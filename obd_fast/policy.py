@@ -163,6 +163,15 @@ class PolicySpec:
                     module.log_std_offset.constant.copy_(off)
         return module
 
+    @classmethod
+    def from_module(cls, module: nn.Module, max_action: Optional[float] = None) -> "PolicySpec":
+        """The spec of a CORL-style tanh-Gaussian actor or a plain Linear/ReLU MLP with a tanh output
+        (obd_fast.module_spec); ``max_action`` defaults to ``module.max_action``, else 1.
+        A layer that cannot be mapped is a ``ValueError`` naming it."""
+        from .module_spec import module_layout
+
+        return module_layout(module, max_action).spec
+
     def params_from_module(self, module: nn.Module) -> torch.Tensor:
         """Flatten a module with CORL actor keys (ours or CORL's own) into theta."""
         state = module.state_dict() if isinstance(module, nn.Module) else dict(module)

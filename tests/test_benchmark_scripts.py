@@ -65,3 +65,29 @@ def test_ck_overhead_measures_the_extra_time_and_its_floor(capsys):
     # 3 of the 5 steps are recomputed (all segments but the last, k=2)
     assert r["floor"] == pytest.approx(0.6 * best["forward"] / best["meta"])
     assert r["extra"] == pytest.approx(best["meta_ck"] / best["meta"] - 1)
+
+
+def test_obd_compat_pairs_the_official_loop_with_the_compat_one(tmp_path):
+    from benchmarks import obd_compat
+
+    threads = torch.get_num_threads()
+    try:
+        obd_compat.main(["--rounds", "2", "--cases", "gaussian:pbc_q,deterministic:dbc", "--steps", "2",
+                         "--n-syn", "9", "--batch", "13", "--batches", "2", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    data = json.loads((tmp_path / "obd_compat.json").read_text())
+    assert [c["case"] for c in data["cases"]] == ["gaussian:pbc_q", "deterministic:dbc"]
+    for case in data["cases"]:
+        assert set(case["seconds"]) == set(obd_compat.VARIANTS)
+        assert all(len(v) == 2 and min(v) > 0 for v in case["seconds"].values())
+        assert all(len(case["ratios"][k]) == 2 and math.isfinite(case["ratios_of_minima"][k])
+                   for k in obd_compat.TARGETS)
+        best = {k: min(v) for k, v in case["seconds"].items()}
+        assert case["ratios_of_minima"]["bf16_x_official"] == pytest.approx(best["official"] / best["compat_bf16"])
+    gaussian, deterministic = data["cases"]
+    # the official reverse pass draws new noise: its gradient is near the exact one, not equal
+    assert 0.5 < gaussian["resampled_noise_cosine"] < 1 - 1e-6
+    assert deterministic["resampled_noise_cosine"] is None
+    table = (tmp_path / "obd_compat.md").read_text()
+    assert table.count("| gaussian:pbc_q T=2 |") == 1 and table.count("| deterministic:dbc T=2 |") == 1
