@@ -337,7 +337,7 @@ def cmd_evaluate(args) -> int:
     for label, r in rows:
         print(f"| {label} | {_fmt(r)} | {', '.join(f'{v:.1f}' for v in r['per_policy'])} |")
     if args.json:
-        from .checkpoint import atomic_write_text
+        from .atomic import atomic_write_text
 
         atomic_write_text(args.json, json.dumps(results, indent=1))
     return 0

@@ -21,7 +21,7 @@ from typing import Optional
 
 import numpy as np
 
-from .checkpoint import atomic_write, atomic_write_text
+from .atomic import atomic_write, atomic_write_text
 
 BUNDLED_DATA = "bundled:hopper-medium"
 BUNDLED_TEACHER = Path(__file__).resolve().parent / "teacher" / "bundled" / "hopper-medium" / "teacher.pt"

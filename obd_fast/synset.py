@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from .checkpoint import atomic_torch_save
+from .atomic import atomic_torch_save
 from .data.normalize import StateNormalizer
 from .policy import PolicySpec
 

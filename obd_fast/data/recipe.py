@@ -25,7 +25,7 @@ from typing import List, Optional
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_torch_save, atomic_write, atomic_write_text
+from ..atomic import atomic_torch_save, atomic_write, atomic_write_text
 from .errors import DatasetError
 from .loaders import compact_next_observations
 from .scores import normalized_score, reference_scores, task_name

@@ -46,7 +46,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_torch_save, atomic_write_text
+from ..atomic import atomic_torch_save, atomic_write_text
 from .calql import CalQL, CalQLConfig
 from .checkpoints import save_teacher_checkpoint
 from .td3bc import TD3BC, TD3BCConfig
@@ -221,7 +221,7 @@ def _save_curve(path: Path, algo: str, rows: List[dict], evals: List[dict], titl
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    from ..checkpoint import atomic_write
+    from ..atomic import atomic_write
 
     atomic_write(path, lambda tmp: open(tmp, "wb").write(buf.getvalue()))
 
