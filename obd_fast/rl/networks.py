@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..policy import LOG_STD_MAX, LOG_STD_MIN, PolicyModule, PolicySpec
+from ..policy import PolicyModule, PolicySpec, gaussian_mean_log_std
 
 
 def orthogonal_init_(sequential: nn.Sequential, last_gain: float = 1e-2) -> None:
@@ -38,11 +38,9 @@ class TanhGaussianActor(PolicyModule):
             orthogonal_init_(self.base_network)
 
     def distribution_params(self, obs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(mean, log_std)`` of the pre-tanh gaussian, with CORL's clamp."""
-        out = self.base_network(obs)
-        mean, log_std = out.split(self.spec.act_dim, dim=-1)
-        log_std = self.log_std_multiplier() * log_std + self.log_std_offset()
-        return mean, torch.clamp(log_std, LOG_STD_MIN, LOG_STD_MAX)
+        """``(mean, log_std)`` of the pre-tanh gaussian, with CORL's clamp (the core's head)."""
+        return gaussian_mean_log_std(self.base_network(obs), self.spec.act_dim, self.log_std_multiplier(),
+                                     self.log_std_offset())
 
     def sample(self, obs: torch.Tensor, deterministic: bool = False,
                generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
