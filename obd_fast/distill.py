@@ -106,7 +106,7 @@ class RunControl:
     eval_batch: int = option(2560, "held-out real states of the BC-loss evaluation", type=POS)
     save_every: int = option(500, "outer steps between saves of synset.pt / state.pt", type=POS)
     max_seconds: Optional[float] = option(None, "stop (and save) after this many minutes", flag="--max-minutes",
-                                          type=minutes_as_seconds)
+                                          type=minutes_as_seconds, metavar="MINUTES")
     plot: bool = option(True, "no learning_curve.png")
 
 

@@ -55,7 +55,8 @@ def add_options(parser: argparse.ArgumentParser, cls, only: Optional[Iterable[st
             kw["help"] = m["help"]
         else:
             flag = m["flag"] or "--" + f.name.replace("_", "-")
-            kw.update(type=m["type"] or _parser_for(f.default), choices=m["choices"], metavar=m["metavar"])
+            metavar = m["metavar"] or (None if m["choices"] else flag.lstrip("-").replace("-", "_").upper())
+            kw.update(type=m["type"] or _parser_for(f.default), choices=m["choices"], metavar=metavar)
         parser.add_argument(flag, *m["aliases"], **kw)
 
 
@@ -67,8 +68,8 @@ def _parser_for(default) -> Callable[[str], Any]:
 
 
 def given_options(args: argparse.Namespace, cls) -> Dict[str, Any]:
-    """The fields of ``cls`` present in ``args`` (given on the command line)."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    """The option fields of ``cls`` present in ``args`` (given on the command line)."""
+    return {f.name: getattr(args, f.name) for f in cli_fields(cls) if hasattr(args, f.name)}
 
 
 # ------------------------------------------------------------------------------ value parsers
