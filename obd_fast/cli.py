@@ -80,7 +80,8 @@ def _train_teacher_options(t) -> None:
     t.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     t.add_argument("--actor-hidden", type=widths, default=None, help="actor widths, e.g. 256,256,256 (default: CORL's)")
     t.add_argument("--critic-hidden", type=widths, default=None, help="critic widths, e.g. 256,256 (default: CORL's)")
-    t.add_argument("--env", "--env-id", dest="env", default=None, help="environment id when the dataset does not name one")
+    t.add_argument("--env", "--env-id", dest="env", default=None,
+                   help="environment id when the dataset does not name one")
     t.add_argument("--no-progress", action="store_true")
 
 
@@ -91,7 +92,8 @@ def _distill_options(s) -> None:
     s.add_argument("--teacher", default=None, help="teacher checkpoint (needed for pbc, av-pbc and --init top-q)")
     s.add_argument("--out", required=True, help="run directory (synset.pt, state.pt, log.csv, learning_curve.png)")
     s.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    add_options(s, DistillConfig, defaults={"steps": "the paper's: 20k Av-PBC / 50k DBC, PBC on hopper; more elsewhere"})
+    add_options(s, DistillConfig,
+                defaults={"steps": "the paper's: 20k Av-PBC / 50k DBC, PBC on hopper; more elsewhere"})
     s.add_argument("--env", default=None, help="environment id when the dataset does not name one")
     s.add_argument("--no-progress", action="store_true")
 
