@@ -222,6 +222,17 @@ class Scalar(nn.Module):
         return self.constant
 
 
+def relu_mlp(widths: Sequence[int]) -> nn.Sequential:
+    """Linear layers of ``widths`` with a ReLU between consecutive ones (module keys ``0, 2, ..``
+    are the Linear layers, as CORL's networks)."""
+    layers: List[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(nn.Linear(fan_in, fan_out))
+        if i < len(widths) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
 def add_log_std_scalars(module: nn.Module) -> None:
     """The head's two learnable scalars as ``module.log_std_multiplier`` / ``log_std_offset``
     (CORL's keys ``log_std_multiplier.constant``, ``log_std_offset.constant``), at the paper's init."""
@@ -235,13 +246,7 @@ class PolicyModule(nn.Module):
     def __init__(self, spec: PolicySpec):
         super().__init__()
         self.spec = spec
-        modules: List[nn.Module] = []
-        widths = spec.widths
-        for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
-            modules.append(nn.Linear(fan_in, fan_out))
-            if i < len(widths) - 2:
-                modules.append(nn.ReLU())
-        self.base_network = nn.Sequential(*modules)
+        self.base_network = relu_mlp(spec.widths)
         if spec.head == "gaussian":
             add_log_std_scalars(self)
 

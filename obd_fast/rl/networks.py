@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..policy import PolicyModule, PolicySpec, gaussian_mean_log_std
+from ..policy import PolicyModule, PolicySpec, gaussian_mean_log_std, relu_mlp
 
 
 def orthogonal_init_(sequential: nn.Sequential, last_gain: float = 1e-2) -> None:
@@ -87,13 +87,7 @@ class QNetwork(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256), orthogonal_init: bool = True):
         super().__init__()
         self.obs_dim, self.act_dim = int(obs_dim), int(act_dim)
-        widths = (self.obs_dim + self.act_dim,) + tuple(int(h) for h in hidden) + (1,)
-        layers = []
-        for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
-            layers.append(nn.Linear(fan_in, fan_out))
-            if i < len(widths) - 2:
-                layers.append(nn.ReLU())
-        self.network = nn.Sequential(*layers)
+        self.network = relu_mlp((self.obs_dim + self.act_dim,) + tuple(int(h) for h in hidden) + (1,))
         if orthogonal_init:
             orthogonal_init_(self.network, last_gain=1.0)
 
