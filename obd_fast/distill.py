@@ -50,6 +50,7 @@ STATE_FORMAT = "obd-fast-distill-state"
 STATE_VERSION = 1
 LOG_COLUMNS = ("step", "loss", "grad_norm", "skipped", "seconds")
 EVAL_COLUMNS = ("eval_loss", "score_mean", "score_std")
+RUN = "a distillation run"  # what RunDir's messages call it
 
 __all__ = ["DistillSettings", "RunControl", "DistillConfig", "Distiller", "NonFiniteError", "Batch", "distill",
            "load_state"]
@@ -428,14 +429,10 @@ class Distiller:
                                 title=f"{self.config.objective} (N={self.config.n_syn}, T={self.config.inner_steps})")
 
 
-def _run_dir(out_dir) -> RunDir:
-    return RunDir(out_dir, "state.pt", "a distillation run")
-
-
 def load_state(path) -> dict:
     """A saved ``state.pt`` (ValueError, in one line, when it cannot be read)."""
     path = Path(path)
-    return RunDir(path.parent, path.name, "a distillation run").load_state()
+    return RunDir(path.parent, path.name, RUN).load_state()
 
 
 def distill(data, teacher=None, objective: Optional[str] = None, steps: Optional[int] = None, out_dir=None,
@@ -455,7 +452,7 @@ def distill(data, teacher=None, objective: Optional[str] = None, steps: Optional
                  steps=None if steps is None else int(steps), eval_every=None if eval_every is None else int(eval_every))
     cfg = replace(config or DistillConfig(), **{k: v for k, v in given.items() if v is not None}, **overrides)
     cfg.validate()
-    run = _run_dir(out_dir) if out_dir is not None else None
+    run = RunDir(out_dir, "state.pt", RUN) if out_dir is not None else None
     state = run.load_state() if run is not None and run.check(resume) else None
     dist = Distiller(data, teacher, cfg, data_source=data_source, teacher_path=teacher_path, eval_fn=eval_fn)
     if state is not None:

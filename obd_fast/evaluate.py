@@ -40,8 +40,8 @@ ARCHS = ("mlp2", "mlp3", "mlp4", "mlp5", "mlp6", "resmlp")
 ARCH_WIDTH = 256
 RESMLP_BLOCKS = 2
 # BC on the whole dataset (the "BC" baseline): minibatches of 256 rows, Adam lr 1e-3, 5000 steps
-# (CORL's BC runs 1M steps at lr 3e-4; 5000 is what a CPU affords in a few tens of seconds and
-# is past the point where the return stops improving much on the medium datasets).
+# (CORL's BC runs 1M steps at lr 3e-4; 5000 steps are past the point where the return stops
+# improving much on the medium datasets, at a small fraction of CORL's cost).
 FULL_BC = dict(steps=5000, batch_size=256, optimizer="adam", lr=1e-3)
 
 

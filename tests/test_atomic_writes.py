@@ -56,6 +56,13 @@ def test_writer_exception_without_an_old_file(tmp_path):
     assert not target.exists() and leftovers(target.parent, target.name) == []
 
 
+def test_the_former_module_name_still_imports():
+    import obd_fast.checkpoint as former
+
+    assert (former.atomic_write, former.atomic_torch_save, former.atomic_write_text) == (
+        atomic_write, atomic_torch_save, atomic_write_text)
+
+
 def test_torch_save_failure_midway_keeps_the_old_file(tmp_path):
     target = tmp_path / "ckpt.pt"
     atomic_torch_save({"step": 1, "w": torch.arange(5.0)}, target)
