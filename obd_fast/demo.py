@@ -24,6 +24,7 @@ import numpy as np
 from . import plots
 from .atomic import atomic_write_text
 from .checks import PRECISIONS
+from .distill import DistillConfig, DistillSettings, distill
 from .objectives import PAPER_OBJECTIVES
 from .options import POS, option, positive_float, widths
 
@@ -57,10 +58,12 @@ class DemoConfig:
     episodes: int = option(10, "rollouts per evaluated policy", type=POS)
     policies: int = option(5, "BC-trained policies evaluated per set (mean +- std over them)", type=POS)
     seed: int = option(0, type=int)
-    n_syn: int = option(256, "synthetic pairs", type=POS)
-    inner_steps: int = option(100, "inner BC steps per outer step", type=POS)
-    hidden: tuple = option((256, 256, 256), "hidden widths of the policy MLP", type=widths)
-    real_batches: int = option(10, "real states per outer step, in batches of 256", type=POS)
+    # the distillation's sizes default to the paper's (DistillSettings)
+    n_syn: int = option(DistillSettings.n_syn, "synthetic pairs", type=POS)
+    inner_steps: int = option(DistillSettings.inner_steps, "inner BC steps per outer step", type=POS)
+    hidden: tuple = option(DistillSettings.hidden, "hidden widths of the policy MLP", type=widths)
+    real_batches: int = option(DistillSettings.real_batches, "real states per outer step, in batches of 256",
+                               type=POS)
     save_every: int = option(100, "outer steps between saves", type=POS)
     device: str = option("cpu")
     objectives: tuple = option(PAPER_OBJECTIVES, cli=False)
@@ -96,7 +99,6 @@ def load_inputs(cfg: DemoConfig):
 
 def run_demo(cfg: DemoConfig = DemoConfig(), out=print, data=None, teacher=None) -> dict:
     """Run the demo; ``data`` / ``teacher`` replace the bundled ones (tests, other datasets)."""
-    from .distill import DistillConfig, distill
     from .evaluate import evaluate_synset, evaluate_teacher, random_selection
     from .policy import PolicySpec
 
