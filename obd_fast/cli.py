@@ -93,7 +93,7 @@ def _distill_options(s) -> None:
     s.add_argument("--out", required=True, help="run directory (synset.pt, state.pt, log.csv, learning_curve.png)")
     s.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     add_options(s, DistillConfig,
-                defaults={"steps": "the paper's: 20k Av-PBC / 50k DBC, PBC on hopper; more elsewhere"})
+                default_text={"steps": "the paper's: 20k Av-PBC / 50k DBC, PBC on hopper; more elsewhere"})
     s.add_argument("--env", default=None, help="environment id when the dataset does not name one")
     s.add_argument("--no-progress", action="store_true")
 

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Any, Callable, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Optional
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, flag: Optional[str] = None,
-           aliases: Iterable[str] = (), type: Optional[Callable[[str], Any]] = None, choices=None,
-           cli: bool = True, metavar: Optional[str] = None) -> Any:
+           type: Optional[Callable[[str], Any]] = None, choices=None, cli: bool = True,
+           metavar: Optional[str] = None) -> Any:
     """A dataclass field with its command-line description (``cli=False``: not an option)."""
-    meta = dict(help=help, flag=flag, aliases=tuple(aliases), type=type, choices=choices, cli=cli, metavar=metavar)
+    meta = dict(help=help, flag=flag, type=type, choices=choices, cli=cli, metavar=metavar)
     if isinstance(default, (list, dict, set)):
-        raise TypeError("mutable defaults need a factory")
+        raise TypeError("option defaults must be immutable (a tuple, not a list)")
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -34,19 +34,15 @@ def _show(value) -> str:
     return str(value)
 
 
-def add_options(parser: argparse.ArgumentParser, cls, only: Optional[Iterable[str]] = None,
-                exclude: Iterable[str] = (), defaults: Optional[Dict[str, str]] = None) -> None:
-    """Add an argument for each option field of ``cls`` (``only`` / ``exclude``: by field name).
+def add_options(parser: argparse.ArgumentParser, cls, default_text: Optional[Dict[str, str]] = None) -> None:
+    """Add an argument for each option field of ``cls``.
 
-    ``defaults`` replaces the "(default: ...)" text of some fields, for commands whose default
+    ``default_text`` replaces the "(default: ...)" text of some fields, for commands whose default
     comes from elsewhere (e.g. the paper's step count, which depends on the objective)."""
-    only = None if only is None else set(only)
-    exclude, defaults = set(exclude), defaults or {}
+    default_text = default_text or {}
     for f in cli_fields(cls):
-        if (only is not None and f.name not in only) or f.name in exclude:
-            continue
         m = f.metadata
-        default = defaults.get(f.name, _show(f.default))
+        default = default_text.get(f.name, _show(f.default))
         help_text = f"{m['help']} (default: {default})" if m["help"] else f"(default: {default})"
         kw = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
         if isinstance(f.default, bool):
@@ -57,7 +53,7 @@ def add_options(parser: argparse.ArgumentParser, cls, only: Optional[Iterable[st
             flag = m["flag"] or "--" + f.name.replace("_", "-")
             metavar = m["metavar"] or (None if m["choices"] else flag.lstrip("-").replace("-", "_").upper())
             kw.update(type=m["type"] or _parser_for(f.default), choices=m["choices"], metavar=metavar)
-        parser.add_argument(flag, *m["aliases"], **kw)
+        parser.add_argument(flag, **kw)
 
 
 def _parser_for(default) -> Callable[[str], Any]:

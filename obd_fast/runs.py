@@ -20,7 +20,7 @@ import json
 import random
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Optional, Sequence, Type
+from typing import Dict, Iterable, Optional, Sequence, Type
 
 import numpy as np
 import torch
@@ -137,13 +137,12 @@ class Progress:
     """
 
     def __init__(self, total: int, initial: int = 0, desc: str = "", unit: str = "step", enabled: bool = True,
-                 elapsed_before: float = 0.0, max_seconds: Optional[float] = None,
-                 clock: Callable[[], float] = time.perf_counter):
+                 elapsed_before: float = 0.0, max_seconds: Optional[float] = None):
         from tqdm.auto import tqdm
 
         self.bar = tqdm(total=total, initial=min(initial, total), desc=desc, unit=unit, disable=not enabled,
                         dynamic_ncols=True)
-        self.clock, self.started = clock, clock()
+        self.started = time.perf_counter()
         self.elapsed_before, self.max_seconds = float(elapsed_before), max_seconds
 
     def update(self, n: int = 1, **postfix) -> None:
@@ -152,7 +151,7 @@ class Progress:
         self.bar.update(n)
 
     def session_seconds(self) -> float:
-        return self.clock() - self.started
+        return time.perf_counter() - self.started
 
     def elapsed(self) -> float:
         """Seconds of the whole run, earlier sessions included."""

@@ -14,8 +14,8 @@ def test_draws_come_from_the_generator_in_a_fixed_order():
     draws = StepDraws(spec, n_syn=8, inner_steps=3, real_rows=20, data_rows=97)
     b = draws.draw(torch.Generator().manual_seed(4))
     g = torch.Generator().manual_seed(4)
-    expect = (spec.init_params(generator=g), torch.randint(0, 97, (20,), generator=g), torch.randn(3, 8, 2, generator=g),
-              torch.randn(20, 2, generator=g), torch.randn(20, 2, generator=g))
+    expect = (spec.init_params(generator=g), torch.randint(0, 97, (20,), generator=g),
+              torch.randn(3, 8, 2, generator=g), torch.randn(20, 2, generator=g), torch.randn(20, 2, generator=g))
     for got, want in zip((b.theta0, b.index, b.inner_noise, b.outer_noise, b.teacher_noise), expect):
         assert torch.equal(got, want)
     assert not torch.equal(draws.draw(g).theta0, b.theta0)  # the stream moves on
