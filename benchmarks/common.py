@@ -36,8 +36,9 @@ def call_meta_gradient(fn, d, **kw):
 
 
 def meta_gradient_flops(spec: PolicySpec, n_syn: int, batch: int, steps: int) -> float:
-    """Matrix-product FLOPs of the fused algorithm (DESIGN.md): per inner step 3 products per layer
-    forward and 6 in the Hessian-vector pass, plus forward and backward of the outer loss."""
+    """Matrix-product FLOPs of the fused algorithm (docs/design.md, "The reverse pass, by hand"): per
+    inner step 3 products per layer forward and 6 in the Hessian-vector pass, plus forward and
+    backward of the outer loss."""
     macs_per_row = sum(a * b for a, b in zip(spec.widths[:-1], spec.widths[1:]))
     return 2.0 * macs_per_row * (9 * n_syn * steps + 3 * batch)
 

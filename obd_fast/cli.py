@@ -10,6 +10,9 @@ import argparse
 import json
 import sys
 
+from .checks import PRECISIONS
+from .options import POS, add_options, given_options, positive_float, widths
+
 EXAMPLES = """examples:
   obd-fast demo                         DBC, PBC and Av-PBC on the bundled hopper data (<= 15 min on a CPU)
   obd-fast demo --quick                 the same pipeline on a tiny budget (< 1 min)
@@ -32,130 +35,72 @@ class UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's own errors: one line, exit code 2
-        self.exit(2, f"obd-fast: error: {message}\n")
+        self.exit(2, f"{_program(self.prog)}: error: {message}\n")
 
 
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        return value
-    parse.__name__ = f"integer >= {low}"
-    return parse
+def _program(prog: str) -> str:
+    """``obd-fast`` for its subcommands' parsers (``obd-fast distill``), else the name as given."""
+    return "obd-fast" if prog.startswith("obd-fast") else prog
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def _widths(text: str) -> tuple:
-    try:
-        widths = tuple(int(w) for w in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated layer widths like 256,256,256, "
-                                         f"got {text!r}") from None
-    if not widths or any(w < 1 for w in widths):
-        raise argparse.ArgumentTypeError(f"layer widths must be >= 1, got {text!r}")
-    return widths
-
-
-POS = _int_at_least(1)
-NONNEG = _int_at_least(0)
-PRECISIONS = ("native", "bf16", "tf32")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from .distill import INITS
-    from .evaluate import ARCHS, BASELINES, OPTIMIZERS
-    from .synset import OBJECTIVES
-
-    p = _Parser(prog="obd-fast", description="Fast offline behavior distillation (OBD).", epilog=EXAMPLES,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+def _global_options(p) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--threads", type=POS, default=None,
-                   help="torch CPU threads (default: torch's; 1 is faster on a machine busy with other work)")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
-    fmt = dict(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                   help="torch CPU threads (when not given: torch's choice; 1 is faster on a machine busy "
+                        "with other work)")
 
-    d = sub.add_parser("demo", help="DBC/PBC/Av-PBC on the bundled hopper data and teacher, with a table", **fmt)
-    d.add_argument("--quick", action="store_true", help="tiny budget (< 1 min): a smoke test of the pipeline")
-    d.add_argument("--out", default=None, help="output directory (default runs/demo, runs/demo-quick with --quick)")
-    d.add_argument("--outer-steps", type=POS, default=None, help="outer steps per objective (default 400; quick 3)")
-    d.add_argument("--max-minutes", type=_positive_float, default=None,
-                   help="wall-clock budget of the three distillations with their evaluations (default 11)")
-    d.add_argument("--episodes", type=POS, default=None, help="rollouts per evaluated policy (default 10)")
-    d.add_argument("--policies", type=POS, default=None, help="BC policies evaluated per set (default 5)")
-    d.add_argument("--precision", choices=PRECISIONS, default="bf16")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--data", default=None, help="dataset instead of bundled:hopper-medium (a Hopper-v5 one)")
-    d.add_argument("--teacher", default=None, help="teacher checkpoint instead of the bundled one")
-    d.add_argument("--device", default="cpu")
-    d.add_argument("--no-progress", action="store_true")
 
-    m = sub.add_parser("make-dataset", help="make a D4RL-style medium dataset with online SAC (the recipe)", **fmt)
+# ------------------------------------------------------------------------------- the commands' options
+# Settings that have a dataclass take their flags, defaults, choices and help from it
+# (obd_fast.options); the rest are the command's own inputs and outputs.
+def _demo_options(d) -> None:
+    from .demo import DemoConfig
+
+    add_options(d, DemoConfig)
+
+
+def _make_dataset_options(m) -> None:
+    from .data.recipe import RecipeConfig
+
     m.add_argument("--out", required=True, help="run directory (checkpoint, datasets, summary)")
-    m.add_argument("--env", default="Hopper-v5")
-    m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--target-score", type=_positive_float, default=33.3,
-                   help="normalized return that stops training; the behavior policy is the recent "
-                        "evaluated snapshot closest to it")
-    m.add_argument("--transitions", type=POS, default=100_000, help="rows of the medium dataset")
-    m.add_argument("--max-env-steps", type=POS, default=400_000)
-    m.add_argument("--resume", action="store_true")
+    add_options(m, RecipeConfig)
+    m.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    m.add_argument("--bundle", metavar="DIR", nargs="?", const="", default=None,
+                   help="also copy the medium set with a README into DIR (default: the package's "
+                        "bundled/<task>-medium)")
     m.add_argument("--no-progress", action="store_true")
 
-    t = sub.add_parser("train-teacher", help="train a Cal-QL or TD3+BC teacher on a dataset", **fmt)
+
+def _train_teacher_options(t) -> None:
+    from .teacher.train import TeacherRunConfig
+
     t.add_argument("--data", required=True, help="dataset: bundled:NAME, a Minari id or directory, .hdf5/.npz")
-    t.add_argument("--algo", choices=("calql", "td3bc"), default="calql")
-    t.add_argument("--out", required=True, help="run directory")
-    t.add_argument("--steps", type=POS, default=1_000_000, help="gradient updates (CORL: 1M)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--resume", action="store_true")
-    t.add_argument("--eval-every", type=NONNEG, default=5000)
-    t.add_argument("--eval-episodes", type=POS, default=10)
-    t.add_argument("--env", default=None, help="environment id when the dataset does not name one")
-    t.add_argument("--device", default="cpu")
+    t.add_argument("--out", required=True, help="run directory (checkpoint.pt, teacher.pt, log.csv, ...)")
+    add_options(t, TeacherRunConfig)
+    t.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    t.add_argument("--actor-hidden", type=widths, default=None, help="actor widths, e.g. 256,256,256 (default: CORL's)")
+    t.add_argument("--critic-hidden", type=widths, default=None, help="critic widths, e.g. 256,256 (default: CORL's)")
+    t.add_argument("--env", "--env-id", dest="env", default=None,
+                   help="environment id when the dataset does not name one")
     t.add_argument("--no-progress", action="store_true")
 
-    s = sub.add_parser("distill", help="distill a dataset into a synthetic set (DBC, PBC or Av-PBC)", **fmt)
+
+def _distill_options(s) -> None:
+    from .distill import DistillConfig
+
     s.add_argument("--data", required=True, help="dataset: bundled:NAME, a Minari id or directory, .hdf5/.npz")
     s.add_argument("--teacher", default=None, help="teacher checkpoint (needed for pbc, av-pbc and --init top-q)")
-    s.add_argument("--objective", choices=OBJECTIVES, default="av-pbc")
-    s.add_argument("--steps", type=POS, default=None,
-                   help="outer steps (default: the paper's, 20k Av-PBC / 50k DBC, PBC on hopper; more elsewhere)")
     s.add_argument("--out", required=True, help="run directory (synset.pt, state.pt, log.csv, learning_curve.png)")
     s.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--eval-every", type=NONNEG, default=1000, help="0: only at the end")
-    s.add_argument("--eval-episodes", type=NONNEG, default=10, help="0: no rollouts (held-out BC loss only)")
-    s.add_argument("--eval-policies", type=POS, default=1)
-    s.add_argument("--save-every", type=POS, default=500)
-    s.add_argument("--init", choices=INITS, default="real")
-    s.add_argument("--n-syn", type=POS, default=256)
-    s.add_argument("--inner-steps", type=POS, default=100)
-    s.add_argument("--hidden", type=_widths, default=(256, 256, 256))
-    s.add_argument("--precision", choices=PRECISIONS, default="native")
-    s.add_argument("--backend", choices=("auto", "fused", "reference"), default="auto")
-    s.add_argument("--checkpoint-every", type=POS, default=None, help="fused: keep theta every k inner steps")
-    s.add_argument("--device", default="cpu")
-    s.add_argument("--no-cuda-graph", action="store_true",
-                   help="on CUDA: launch each meta-gradient eagerly instead of replaying a captured CUDA graph")
-    s.add_argument("--max-minutes", type=_positive_float, default=None, help="stop (and save) after this long")
+    add_options(s, DistillConfig,
+                default_text={"steps": "the paper's: 20k Av-PBC / 50k DBC, PBC on hopper; more elsewhere"})
     s.add_argument("--env", default=None, help="environment id when the dataset does not name one")
     s.add_argument("--no-progress", action="store_true")
 
-    e = sub.add_parser("evaluate", help="BC on a synthetic set, rollouts, D4RL normalized returns", **fmt)
+
+def _evaluate_options(e) -> None:
+    from .evaluate import ARCHS, BASELINES, OPTIMIZERS
+
     e.add_argument("--synset", required=True, help="a synset.pt written by distill")
     e.add_argument("--episodes", type=POS, default=10)
     e.add_argument("--policies", type=POS, default=5, help="independently trained policies (or ensembles)")
@@ -164,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma list of {','.join(ARCHS)} or 'all' (default: the distillation architecture)")
     e.add_argument("--optimizer", default="sgd", help=f"comma list of {','.join(OPTIMIZERS)} or 'all'")
     e.add_argument("--bc-steps", type=POS, default=None, help="BC steps on the set (default: the inner steps, 100)")
-    e.add_argument("--lr", type=_positive_float, default=None, help="BC learning rate (default per optimizer)")
+    e.add_argument("--lr", type=positive_float, default=None, help="BC learning rate (default per optimizer)")
     e.add_argument("--baselines", default=None, help=f"comma list of {','.join(BASELINES)} or 'all'")
     e.add_argument("--data", default=None, help="dataset for the baselines (default: the one the set came from)")
     e.add_argument("--teacher", default=None, help="teacher for the baselines (default: the set's)")
@@ -172,19 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--json", default=None, help="also write the results to this JSON file")
 
-    b = sub.add_parser("bench", help="time one outer step: fused vs reference meta_gradient", **fmt)
+
+def _bench_options(b) -> None:
     b.add_argument("--n-syn", type=POS, default=256)
     b.add_argument("--inner-steps", type=POS, default=100)
     b.add_argument("--batch", type=POS, default=2560, help="real states in the outer loss")
-    b.add_argument("--hidden", type=_widths, default=(256, 256, 256))
+    b.add_argument("--hidden", type=widths, default=(256, 256, 256))
     b.add_argument("--obs-dim", type=POS, default=11)
     b.add_argument("--act-dim", type=POS, default=3)
     b.add_argument("--repeats", type=POS, default=2)
     b.add_argument("--precision", choices=PRECISIONS, default="native", help="of the fused run")
     b.add_argument("--device", default="cpu")
-
-    sub.add_parser("info", help="print the version, the available backends and the bundled files")
-    return p
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -233,61 +176,63 @@ def _fmt(res: dict) -> str:
 def cmd_demo(args) -> int:
     from .demo import DemoConfig, run_demo
 
-    kw = dict(quick=args.quick, precision=args.precision, seed=args.seed, device=args.device,
-              progress=not args.no_progress, threads=args.threads)
-    for name, value in (("out_dir", args.out), ("outer_steps", args.outer_steps), ("max_minutes", args.max_minutes),
-                        ("episodes", args.episodes), ("policies", args.policies), ("data", args.data),
-                        ("teacher", args.teacher)):
-        if value is not None:
-            kw[name] = value
-    run_demo(DemoConfig(**kw))
+    run_demo(DemoConfig(**given_options(args, DemoConfig), threads=args.threads))
     return 0
 
 
 def cmd_make_dataset(args) -> int:
-    from .data.recipe import RecipeConfig, make_dataset
+    from pathlib import Path
 
-    cfg = RecipeConfig(env_id=args.env, seed=args.seed, target_score=args.target_score,
-                       medium_transitions=args.transitions, max_env_steps=args.max_env_steps)
+    from .data.loaders import BUNDLED_ROOT
+    from .data.recipe import RecipeConfig, make_dataset, write_bundle
+    from .data.scores import task_name
+
+    cfg = RecipeConfig(**given_options(args, RecipeConfig))
     summary = make_dataset(args.out, cfg, resume=args.resume, progress=not args.no_progress)
-    print(json.dumps(summary.get("datasets", summary), indent=1))
+    print(json.dumps(summary["datasets"], indent=1))
+    if args.bundle is not None:
+        dest = Path(args.bundle) if args.bundle else BUNDLED_ROOT / f"{task_name(cfg.env_id)}-medium"
+        print(f"bundled: {write_bundle(args.out, dest)}")
     return 0
 
 
 def cmd_train_teacher(args) -> int:
-    try:
-        from .teacher import train_teacher
-    except ImportError as exc:
-        raise UsageError(f"train-teacher needs obd_fast.teacher.train_teacher, unavailable here ({exc})") from None
+    from pathlib import Path
+
+    from .teacher.train import TeacherRunConfig, train_teacher
+
     data = _load_data(args.data, args.env)
-    summary = train_teacher(data, algo=args.algo, out_dir=args.out, steps=args.steps, seed=args.seed,
-                            resume=args.resume, eval_every=args.eval_every, eval_episodes=args.eval_episodes,
-                            env_id=args.env or data.env_id, device=args.device, progress=not args.no_progress)
-    print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, (list, dict))}, indent=1, default=str))
+    config = {k: getattr(args, k) for k in ("actor_hidden", "critic_hidden") if getattr(args, k) is not None}
+    summary = train_teacher(data, out_dir=args.out, resume=args.resume, env_id=args.env or data.env_id,
+                            progress=not args.no_progress, config=config or None, threads=args.threads,
+                            **given_options(args, TeacherRunConfig))
+    final = summary["final_evaluation"]
+    flat = {k: v for k, v in summary.items() if not isinstance(v, (list, dict))}
+    print(json.dumps(dict(flat, teacher=str(Path(args.out) / summary["teacher"]),
+                          normalized_score=None if final is None else final["normalized_score"]),
+                     indent=1, default=str))
     return 0
 
 
 def cmd_distill(args) -> int:
-    from .distill import distill
+    from .distill import DistillConfig, distill
+    from .objectives import OBJECTIVES
 
     data = _load_data(args.data, args.env)
     if args.env:
         data.env_id = args.env
+    given = given_options(args, DistillConfig)
+    cfg = DistillConfig(**given)
+    if "steps" not in given:
+        cfg.steps = paper_steps(cfg.objective, data.env_id)
     teacher = None
     if args.teacher:
         teacher = _load_teacher(args.teacher, data, args.env)
-    elif args.objective != "dbc" or args.init == "top-q":
-        raise UsageError(f"--objective {args.objective}" + (" --init top-q" if args.init == "top-q" else "")
+    elif OBJECTIVES[cfg.objective].needs_teacher or cfg.init == "top-q":
+        raise UsageError(f"--objective {cfg.objective}" + (" --init top-q" if cfg.init == "top-q" else "")
                          + " needs --teacher PATH")
-    steps = args.steps or paper_steps(args.objective, data.env_id)
-    syn = distill(data, teacher, objective=args.objective, steps=steps, out_dir=args.out,
-                  eval_every=args.eval_every, seed=args.seed, resume=args.resume, progress=not args.no_progress,
-                  data_source=args.data, teacher_path=args.teacher, init=args.init, n_syn=args.n_syn,
-                  inner_steps=args.inner_steps, hidden=tuple(args.hidden), precision=args.precision,
-                  backend=args.backend, checkpoint_every=args.checkpoint_every, device=args.device,
-                  cuda_graph=not args.no_cuda_graph,
-                  eval_episodes=args.eval_episodes, eval_policies=args.eval_policies, save_every=args.save_every,
-                  max_seconds=None if args.max_minutes is None else 60.0 * args.max_minutes)
+    syn = distill(data, teacher, config=cfg, out_dir=args.out, resume=args.resume, progress=not args.no_progress,
+                  data_source=args.data, teacher_path=args.teacher)
     last = syn.history[-1] if syn.history else {}
     score = f", normalized return {last['score_mean']:.1f} +- {last['score_std']:.1f}" if "score_mean" in last else ""
     print(f"synthetic set: {args.out}/synset.pt ({len(syn)} pairs, step {syn.step}{score})")
@@ -337,7 +282,7 @@ def cmd_evaluate(args) -> int:
     for label, r in rows:
         print(f"| {label} | {_fmt(r)} | {', '.join(f'{v:.1f}' for v in r['per_policy'])} |")
     if args.json:
-        from .checkpoint import atomic_write_text
+        from .atomic import atomic_write_text
 
         atomic_write_text(args.json, json.dumps(results, indent=1))
     return 0
@@ -410,8 +355,42 @@ def cmd_info(args) -> int:
     return 0
 
 
-COMMANDS = {"demo": cmd_demo, "make-dataset": cmd_make_dataset, "train-teacher": cmd_train_teacher,
-            "distill": cmd_distill, "evaluate": cmd_evaluate, "bench": cmd_bench, "info": cmd_info}
+# name: (help, options, run); build_parser makes one subcommand of each
+COMMANDS = {
+    "demo": ("DBC/PBC/Av-PBC on the bundled hopper data and teacher, with a table", _demo_options, cmd_demo),
+    "make-dataset": ("make a D4RL-style medium dataset with online SAC (the recipe)", _make_dataset_options,
+                     cmd_make_dataset),
+    "train-teacher": ("train a Cal-QL or TD3+BC teacher on a dataset", _train_teacher_options, cmd_train_teacher),
+    "distill": ("distill a dataset into a synthetic set (DBC, PBC, Av-PBC or a registered objective)",
+                _distill_options, cmd_distill),
+    "evaluate": ("BC on a synthetic set, rollouts, D4RL normalized returns", _evaluate_options, cmd_evaluate),
+    "bench": ("time one outer step: fused vs reference meta_gradient", _bench_options, cmd_bench),
+    "info": ("print the version, the available backends and the bundled files", None, cmd_info),
+}
+_FORMAT = dict(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="obd-fast", description="Fast offline behavior distillation (OBD).", epilog=EXAMPLES,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    _global_options(p)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name, (text, options, _) in COMMANDS.items():
+        sp = sub.add_parser(name, help=text, description=text, **_FORMAT)
+        if options is not None:
+            options(sp)
+    return p
+
+
+def build_command_parser(command: str, prog: str) -> argparse.ArgumentParser:
+    """One command's parser on its own (with --debug and --threads), for ``python -m`` entry points."""
+    text, options, _ = COMMANDS[command]
+    p = _Parser(prog=prog, description=text, **_FORMAT)
+    _global_options(p)
+    options(p)
+    p.set_defaults(command=command)
+    return p
 
 
 def _one_line(exc: BaseException) -> str:
@@ -421,21 +400,24 @@ def _one_line(exc: BaseException) -> str:
     return text
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv=None, command: str | None = None, prog: str | None = None) -> int:
+    """Run ``obd-fast ARGV``; with ``command``, run that command alone (``argv`` holds its options)
+    under the program name ``prog``."""
+    parser = build_parser() if command is None else build_command_parser(command, prog or f"obd-fast {command}")
+    args = parser.parse_args(argv)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     try:
-        return COMMANDS[args.command](args)
+        return COMMANDS[args.command][2](args)
     except (UsageError, ValueError, FileNotFoundError, FloatingPointError) as exc:  # incl. NonFiniteError
         if args.debug:
             raise
-        print(f"obd-fast: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"{_program(parser.prog)}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("obd-fast: interrupted", file=sys.stderr)
+        print(f"{_program(parser.prog)}: interrupted", file=sys.stderr)
         return 130
 
 

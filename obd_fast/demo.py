@@ -1,15 +1,15 @@
 """``obd-fast demo``: the whole pipeline on the bundled hopper-medium data and its bundled teacher.
 
 It distills three synthetic sets of 256 pairs (DBC, PBC, Av-PBC) with the paper's settings except
-the number of outer steps (the paper runs 20k-50k; the demo runs a few hundred so that it
-finishes within about 15 minutes on a 2-core CPU, with a wall-clock guard per objective), then
+the number of outer steps (the paper runs 20k-50k; the demo at most a few hundred, within a
+wall-clock budget shared by the objectives), then
 trains fresh policies by BC on each set (100 SGD steps, lr 0.1), rolls them out in Gymnasium
 Hopper-v5 and prints a table of D4RL normalized returns next to random selection (the sets'
 common starting point: 256 random real pairs) and the teacher itself. It saves the synthetic
 sets, a plot and ``results.json`` into the output directory.
 
-``--quick`` runs the same pipeline on a tiny budget (a few outer steps, 2 episodes) in well under
-a minute: a smoke test, not a result.
+``--quick`` runs the same pipeline on a tiny budget (3 outer steps, 2 episodes, one policy): a
+smoke test, not a result.
 """
 from __future__ import annotations
 
@@ -21,12 +21,16 @@ from typing import Optional
 
 import numpy as np
 
-from .checkpoint import atomic_write, atomic_write_text
+from . import plots
+from .atomic import atomic_write_text
+from .checks import PRECISIONS
+from .distill import DistillConfig, DistillSettings, distill
+from .objectives import PAPER_OBJECTIVES
+from .options import POS, option, positive_float, widths
 
 BUNDLED_DATA = "bundled:hopper-medium"
 BUNDLED_TEACHER = Path(__file__).resolve().parent / "teacher" / "bundled" / "hopper-medium" / "teacher.pt"
 ENV_ID = "Hopper-v5"
-OBJECTIVES = ("dbc", "pbc", "av-pbc")
 LABELS = {"random": "random selection", "dbc": "DBC", "pbc": "PBC", "av-pbc": "Av-PBC", "teacher": "teacher"}
 # the paper's Table 1 averages over its nine D4RL datasets (N_syn = 256), for orientation only
 PAPER_AVERAGE = {"random": 7.6, "dbc": 20.9, "pbc": 30.4, "av-pbc": 38.2, "teacher": 70.1}
@@ -38,31 +42,33 @@ class DemoInputError(ValueError):
 
 @dataclass
 class DemoConfig:
-    out_dir: str = "runs/demo"
-    data: str = BUNDLED_DATA
-    teacher: Optional[str] = None       # None: the bundled teacher
-    # Outer steps per objective. A paper-size Av-PBC outer step (fused, bf16 products) takes ~0.3 s
-    # on two free cores (BENCHMARKS.md: 3.6x the ~1 s autograd step); on the 2-core development
-    # machine, shared with other busy processes (load ~3), it measured 1.6 s with one thread (2.3 s
-    # in float32) and 4 s to over a minute with two. 400 steps per objective take ~6 min on free
-    # cores; max_minutes stops each distillation early (saying so; the table shows the steps done)
-    # on a busier machine, so the demo stays within ~15 minutes with its evaluations.
-    outer_steps: int = 400
-    max_minutes: float = 11.0           # wall-clock budget of the three distillations and their evaluations
-    precision: str = "bf16"             # ~1.5x faster fused products on a CPU; "native" for float32
-    threads: Optional[int] = None       # torch threads; None: probe torch's default and 1, keep the faster
-    episodes: int = 10
-    policies: int = 5                   # BC-trained policies evaluated per set (mean +- std over them)
-    seed: int = 0
-    n_syn: int = 256
-    inner_steps: int = 100
-    hidden: tuple = (256, 256, 256)
-    real_batches: int = 10
-    save_every: int = 100
-    device: str = "cpu"
-    objectives: tuple = OBJECTIVES
-    progress: bool = True
-    quick: bool = False
+    out_dir: str = option("runs/demo", "output directory (with --quick: runs/demo-quick)", flag="--out")
+    data: str = option(BUNDLED_DATA, "dataset (a Hopper-v5 one)")
+    teacher: Optional[str] = option(None, "teacher checkpoint (None: the bundled one)")
+    # outer_steps caps each distillation; max_minutes bounds the wall clock: each objective gets an
+    # equal share of what is left and stops early (saving; the table shows the steps done) when it
+    # runs out, so the demo's length is bounded on a slow or busy machine too
+    outer_steps: int = option(400, "outer steps per objective (at most 3 with --quick)", type=POS)
+    max_minutes: float = option(11.0, "wall-clock budget of the three distillations with their evaluations",
+                                type=positive_float)
+    precision: str = option("bf16", "fused matrix products (bf16: bfloat16 operands, float32 accumulation)",
+                            choices=PRECISIONS)
+    threads: Optional[int] = option(None, "torch threads; None: time torch's default and 1, keep the faster",
+                                    cli=False)
+    episodes: int = option(10, "rollouts per evaluated policy", type=POS)
+    policies: int = option(5, "BC-trained policies evaluated per set (mean +- std over them)", type=POS)
+    seed: int = option(0, type=int)
+    # the distillation's sizes default to the paper's (DistillSettings)
+    n_syn: int = option(DistillSettings.n_syn, "synthetic pairs", type=POS)
+    inner_steps: int = option(DistillSettings.inner_steps, "inner BC steps per outer step", type=POS)
+    hidden: tuple = option(DistillSettings.hidden, "hidden widths of the policy MLP", type=widths)
+    real_batches: int = option(DistillSettings.real_batches, "real states per outer step, in batches of 256",
+                               type=POS)
+    save_every: int = option(100, "outer steps between saves", type=POS)
+    device: str = option("cpu")
+    objectives: tuple = option(PAPER_OBJECTIVES, cli=False)
+    progress: bool = option(True, "no progress bars")
+    quick: bool = option(False, "tiny budget (< 1 min): a smoke test of the pipeline")
 
     def resolved(self) -> "DemoConfig":
         """Apply ``quick``: a tiny budget that runs in well under a minute."""
@@ -93,7 +99,6 @@ def load_inputs(cfg: DemoConfig):
 
 def run_demo(cfg: DemoConfig = DemoConfig(), out=print, data=None, teacher=None) -> dict:
     """Run the demo; ``data`` / ``teacher`` replace the bundled ones (tests, other datasets)."""
-    from .distill import DistillConfig, distill
     from .evaluate import evaluate_synset, evaluate_teacher, random_selection
     from .policy import PolicySpec
 
@@ -165,15 +170,15 @@ def run_demo(cfg: DemoConfig = DemoConfig(), out=print, data=None, teacher=None)
     summary = dict(config={k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
                    env_id=env_id, results=results, runs=runs, seconds=total)
     atomic_write_text(out_dir / "results.json", json.dumps(summary, indent=1))
-    _plot(results, curves, order, out_dir / "demo.png")
+    plots.demo_summary(results, curves, order, LABELS, out_dir / "demo.png")
     return summary
 
 
 def _choose_threads(cfg: DemoConfig, obs_dim: int, act_dim: int) -> str:
     """Set torch's CPU threads: ``cfg.threads`` if given; else, when torch would use several,
     time a short outer step (the demo's sizes, at most 10 inner steps) with them and with one
-    thread and keep the faster. On a machine busy with other work one thread can be many times
-    faster (measured here: 1.6 s per paper-size step with one thread, over a minute with two)."""
+    thread and keep the faster: on a machine whose other cores are busy, OpenMP threads that wait
+    for a core can make several threads much slower than one."""
     import torch
 
     if cfg.threads:
@@ -219,31 +224,3 @@ def _read_log(path: Path) -> dict:
             cols["skipped"].append(int(row["skipped"]))
             cols["seconds"].append(float(row["seconds"]))
     return cols
-
-
-def _plot(results: dict, curves: dict, order, path: Path) -> None:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(11, 4))
-    axes = fig.subplots(1, 2)
-    ax = axes[0]
-    means = [np.nan if results[k]["mean"] is None else results[k]["mean"] for k in order]
-    stds = [results[k]["std"] or 0.0 for k in order]
-    ax.bar([LABELS[k] for k in order], means, yerr=stds, capsize=4, color=[f"C{i}" for i in range(len(order))])
-    ax.set_ylabel("D4RL normalized return")
-    ax.set_title("BC on 256 pairs vs the teacher")
-    ax = axes[1]
-    for key, log in curves.items():
-        loss = np.asarray(log["loss"], dtype=float)
-        if not len(loss):
-            continue
-        loss = loss / np.nanmean(loss[: max(1, min(10, len(loss)))])  # relative to the first steps
-        k = max(1, len(loss) // 20)
-        smooth = np.convolve(np.nan_to_num(loss, nan=1.0), np.ones(k) / k, mode="valid")
-        ax.plot(np.asarray(log["step"])[k - 1:], smooth, label=LABELS[key])
-    ax.set_xlabel("outer step")
-    ax.set_ylabel("outer objective / its start")
-    ax.set_title("distillation")
-    ax.legend()
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))

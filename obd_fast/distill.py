@@ -1,29 +1,27 @@
 """The distillation driver: the paper's bi-level loop on real data with a teacher.
 
-Each outer step (:meth:`Distiller.step`) draws, from one seeded ``torch.Generator``, a fresh
-policy ``theta_0``, the head noise of every inner step, ``real_batches x real_batch_size`` real
-states (with replacement), the outer loss's head noise and the noise of the teacher's sampled
-actions; computes the objective's targets and weights; gets ``(H, dH/dS, dH/dA)`` from
-:func:`obd_fast.meta_gradient` (fused when available); clips the gradient norm over (S, A) and
-takes an SGD-with-momentum step (``torch.optim.SGD`` semantics, dampening 0).
+A :class:`Distiller` is a loop over parts with one job each:
 
-Objectives (DESIGN.md): ``dbc`` (targets = dataset actions), ``pbc`` (targets = teacher actions
-sampled with fresh noise), ``av-pbc`` (PBC weighted by ``beta * q1(s, a*)``).
-
-:func:`distill` runs the loop with periodic evaluation, atomic saves (``synset.pt``: the synthetic
-set with its metadata; ``state.pt``: everything needed to continue bit for bit), ``log.csv``,
-``learning_curve.png`` and a tqdm bar. A resumed run gives the same synthetic set as an
-uninterrupted one with the same seed: all randomness comes from the saved generator, and the
-evaluations use generators of their own.
+* the objective (:mod:`obd_fast.objectives`): targets and weights on the real batch;
+* the initialization (:mod:`obd_fast.initialization`): where the synthetic set starts;
+* the step's random draws (:class:`obd_fast.outer.StepDraws`), all from the run's one generator;
+* the meta-gradient (:func:`obd_fast.meta_gradient`, fused when available, replayed as a CUDA
+  graph on CUDA);
+* the outer update: the gradient clipped over (S, A) together, then SGD with momentum
+  (:mod:`obd_fast.outer`).
 
 A step whose targets, weights, loss or meta-gradient are not finite is skipped (nothing is
 updated, the generator has still advanced), counted and logged; ``max_nonfinite_in_a_row`` such
 steps in a row stop the run with :class:`NonFiniteError`. Nothing non-finite is ever saved.
+
+:func:`distill` runs the loop with periodic evaluation, atomic saves (``synset.pt``: the synthetic
+set with its metadata; ``state.pt``: everything needed to continue bit for bit), ``log.csv``,
+``learning_curve.png`` and a progress bar. A resumed run gives the same synthetic set as an
+uninterrupted one with the same seed: all randomness comes from the saved generator, and the
+evaluations use generators of their own.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import time
@@ -34,23 +32,28 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from .checkpoint import atomic_torch_save, atomic_write, atomic_write_text
-from .checks import all_finite
+from . import plots
 from ._extension import resolve_backend
+from .atomic import atomic_torch_save, atomic_write_text
+from .checks import BACKENDS, PRECISIONS, all_finite
 from .graph import MetaGradientGraph
+from .initialization import INITS, initial_pairs
+from .objectives import OBJECTIVES, make_objective
 from .ops import meta_gradient, unroll_bc, weighted_bc_loss
-from .policy import PolicySpec
-from .synset import OBJECTIVES, SyntheticSet
+from .options import NONNEG, POS, minutes_as_seconds, nonneg_float, option, positive_float, widths
+from .outer import Batch, OuterSGD, StepDraws, clip_grad_norm, grad_norm
+from .policy import HEADS, PolicySpec
+from .runs import Progress, RunDir, csv_text
+from .synset import SyntheticSet
 
-INITS = ("real", "random", "kmeans++", "top-q")
 STATE_FORMAT = "obd-fast-distill-state"
 STATE_VERSION = 1
 LOG_COLUMNS = ("step", "loss", "grad_norm", "skipped", "seconds")
 EVAL_COLUMNS = ("eval_loss", "score_mean", "score_std")
-# settings a resumed run must share with the saved one (the others, e.g. steps, may change)
-RESUME_FIELDS = ("objective", "n_syn", "init", "inner_steps", "inner_lr", "inner_momentum", "real_batches",
-                 "real_batch_size", "beta", "outer_lr", "outer_momentum", "clip_norm", "hidden", "head",
-                 "teacher_sample", "seed", "init_pool")
+RUN = "a distillation run"  # what RunDir's messages call it
+
+__all__ = ["DistillSettings", "RunControl", "DistillConfig", "Distiller", "NonFiniteError", "Batch", "distill",
+           "load_state"]
 
 
 class NonFiniteError(FloatingPointError):
@@ -58,45 +61,64 @@ class NonFiniteError(FloatingPointError):
 
 
 @dataclass
-class DistillConfig:
-    """Distillation settings; the defaults are the paper's (DESIGN.md's table)."""
+class DistillSettings:
+    """The algorithm's settings: what the synthetic set's numbers depend on, so a resumed run must
+    use the saved ones. The defaults are the paper's (``docs/design.md``)."""
 
-    objective: str = "av-pbc"
-    steps: int = 20_000                 # outer steps (paper: Av-PBC hopper 20k; DBC/PBC hopper 50k)
-    n_syn: int = 256                    # synthetic pairs
-    init: str = "real"                  # "real" (random real pairs, paper), "random", "kmeans++", "top-q"
-    inner_steps: int = 100              # T: plain SGD steps of BC per outer step
-    inner_lr: float = 0.1
-    inner_momentum: float = 0.0
-    real_batches: int = 10              # real states per outer step: real_batches * real_batch_size
-    real_batch_size: int = 256
-    beta: float = 0.02                  # Av-PBC weight scale: w = beta * q1(s, a*)
-    outer_lr: float = 0.1               # SGD on (S, A)
-    outer_momentum: float = 0.9
-    clip_norm: float = 2.0              # gradient norm clipped over (S, A) together; 0 disables
-    hidden: tuple = (256, 256, 256)     # policy MLP
-    head: str = "gaussian"              # tanh-Gaussian head (paper) or "tanh"
-    teacher_sample: bool = True         # PBC/Av-PBC targets a* sampled from pi* (paper); False: tanh(mean)
-    seed: int = 0
-    init_pool: int = 50_000             # rows considered by the kmeans++ / top-q inits
-    backend: str = "auto"               # meta_gradient backend ("auto": fused when available)
-    precision: str = "native"           # fused matrix products: "native", "bf16" (float32 tensors), "tf32"
-    checkpoint_every: Optional[int] = None
-    device: str = "cpu"
-    cuda_graph: bool = True             # on CUDA with the fused backend: replay the meta-gradient as a CUDA graph
-    max_nonfinite_in_a_row: int = 10
-    eval_every: int = 1000              # outer steps between evaluations; <= 0: only at the end
-    final_eval: bool = True             # evaluate once more when the run ends
-    eval_episodes: int = 10             # rollouts per evaluated policy (0: no rollouts, BC loss only)
-    eval_policies: int = 1              # BC-trained policies per evaluation
-    eval_batch: int = 2560              # held-out real states for the BC-loss evaluation
-    save_every: int = 500               # outer steps between saves of synset.pt / state.pt
-    max_seconds: Optional[float] = None  # stop (and save) once a run has taken this long
-    plot: bool = True                   # write learning_curve.png at each save
+    objective: str = option("av-pbc", "what the set is distilled towards", choices=OBJECTIVES)
+    n_syn: int = option(256, "synthetic pairs", type=POS)
+    init: str = option("real", "starting pairs: random real ones (paper), random values, k-means++ or the "
+                               "highest teacher values over a pool of rows", choices=INITS)
+    inner_steps: int = option(100, "T: plain SGD steps of BC per outer step", type=POS)
+    inner_lr: float = option(0.1, "inner SGD learning rate", type=positive_float)
+    inner_momentum: float = option(0.0, "inner SGD momentum", type=nonneg_float)
+    real_batches: int = option(10, "real states per outer step: real_batches * real_batch_size", type=POS)
+    real_batch_size: int = option(256, type=POS)
+    beta: float = option(0.02, "Av-PBC weight scale: w = beta * q1(s, a*)", type=nonneg_float)
+    outer_lr: float = option(0.1, "SGD on (S, A)", type=positive_float)
+    outer_momentum: float = option(0.9, type=nonneg_float)
+    clip_norm: float = option(2.0, "gradient norm clipped over (S, A) together; 0 disables", type=nonneg_float)
+    hidden: tuple = option((256, 256, 256), "hidden widths of the policy MLP", type=widths)
+    head: str = option("gaussian", "tanh-Gaussian head (paper) or plain tanh", choices=HEADS)
+    teacher_sample: bool = option(True, "PBC/Av-PBC targets are the teacher's deterministic actions instead of "
+                                        "samples a* ~ pi*(s) (paper)")
+    seed: int = option(0, "seed of the run's random generator", type=int)
+    init_pool: int = option(50_000, "rows considered by the kmeans++ / top-q inits", type=POS)
+
+
+@dataclass
+class RunControl:
+    """How a run is carried out; a resumed run may change these."""
+
+    steps: int = option(20_000, "outer steps", type=POS)
+    backend: str = option("auto", "meta_gradient backend (auto: fused when available)", choices=BACKENDS)
+    precision: str = option("native", "fused matrix products: native, bf16 (float32 tensors) or tf32",
+                            choices=PRECISIONS)
+    checkpoint_every: Optional[int] = option(None, "fused: keep theta every k inner steps", type=POS)
+    device: str = option("cpu")
+    cuda_graph: bool = option(True, "on CUDA: launch each meta-gradient eagerly instead of replaying a captured "
+                                    "CUDA graph")
+    max_nonfinite_in_a_row: int = option(10, "stop after this many non-finite outer steps in a row", type=POS)
+    eval_every: int = option(1000, "outer steps between evaluations; 0: only at the end", type=NONNEG)
+    final_eval: bool = option(True, "no evaluation when the run ends")
+    eval_episodes: int = option(10, "rollouts per evaluated policy; 0: no rollouts (held-out BC loss only)",
+                                type=NONNEG)
+    eval_policies: int = option(1, "BC-trained policies per evaluation", type=POS)
+    eval_batch: int = option(2560, "held-out real states of the BC-loss evaluation", type=POS)
+    save_every: int = option(500, "outer steps between saves of synset.pt / state.pt", type=POS)
+    max_seconds: Optional[float] = option(None, "stop (and save) after this many minutes", flag="--max-minutes",
+                                          type=minutes_as_seconds, metavar="MINUTES")
+    plot: bool = option(True, "no learning_curve.png")
+
+
+@dataclass
+class DistillConfig(RunControl, DistillSettings):
+    """All settings of a distillation: :class:`DistillSettings` (the algorithm) and
+    :class:`RunControl` (how it runs), as one flat dataclass."""
 
     def validate(self) -> "DistillConfig":
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"unknown objective {self.objective!r}; expected one of {OBJECTIVES}")
+            raise ValueError(f"unknown objective {self.objective!r}; expected one of {tuple(OBJECTIVES)}")
         if self.init not in INITS:
             raise ValueError(f"unknown init {self.init!r}; expected one of {INITS}")
         for name in ("n_syn", "inner_steps", "real_batches", "real_batch_size", "max_nonfinite_in_a_row",
@@ -117,6 +139,9 @@ class DistillConfig:
             raise ValueError("eval_episodes must be >= 0 and eval_policies >= 1")
         return self
 
+    def settings(self) -> DistillSettings:
+        return DistillSettings(**{f.name: getattr(self, f.name) for f in fields(DistillSettings)})
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["hidden"] = list(self.hidden)
@@ -131,15 +156,7 @@ class DistillConfig:
         return cls(**d)
 
 
-@dataclass
-class Batch:
-    """Everything random in one outer step."""
-
-    theta0: torch.Tensor
-    index: torch.Tensor
-    inner_noise: torch.Tensor
-    outer_noise: torch.Tensor
-    teacher_noise: torch.Tensor
+SETTINGS_FIELDS = tuple(f.name for f in fields(DistillSettings))
 
 
 class Distiller:
@@ -151,13 +168,16 @@ class Distiller:
     ``eval_fn(synset) -> dict`` replaces the rollout evaluation (its ``score_mean`` / ``score_std``
     are logged); by default rollouts run when the data names an environment and
     ``eval_episodes > 0``.
+
+    The synthetic set ``(syn_obs, syn_act)`` is the pair of tensors :attr:`optimizer` updates in
+    place; ``vel_obs`` / ``vel_act`` are its momentum buffers.
     """
 
     def __init__(self, data, teacher=None, config: Optional[DistillConfig] = None, *,
                  data_source: Optional[str] = None, teacher_path: Optional[str] = None,
                  eval_fn: Optional[Callable[[SyntheticSet], dict]] = None):
         self.config = cfg = replace(config or DistillConfig()).validate()
-        if cfg.objective in ("pbc", "av-pbc") and teacher is None:
+        if OBJECTIVES[cfg.objective].needs_teacher and teacher is None:
             raise ValueError(f"objective {cfg.objective!r} needs a teacher")
         if cfg.init == "top-q" and teacher is None:
             raise ValueError("init 'top-q' needs a teacher (its critic ranks the real pairs)")
@@ -182,11 +202,14 @@ class Distiller:
         self.real_act = torch.as_tensor(np.asarray(data.actions), dtype=torch.float32).to(self.device)
         if not (torch.isfinite(self.real_obs).all() and torch.isfinite(self.real_act).all()):
             raise ValueError("the dataset has non-finite states or actions (after normalization)")
+        self.objective = make_objective(cfg, teacher, self.real_obs)
 
         self.gen = torch.Generator().manual_seed(int(cfg.seed))
-        self.syn_obs, self.syn_act = self._init_synset()
-        self.vel_obs = torch.zeros_like(self.syn_obs)
-        self.vel_act = torch.zeros_like(self.syn_act)
+        self._syn = initial_pairs(cfg.init, cfg.n_syn, self.real_obs, self.real_act, self.gen, max_action,
+                                  cfg.init_pool, teacher)
+        self.optimizer = OuterSGD(self._syn, lr=cfg.outer_lr, momentum=cfg.outer_momentum)
+        self.draws = StepDraws(self.spec, cfg.n_syn, cfg.inner_steps, cfg.real_batches * cfg.real_batch_size,
+                               self.data_len)
         self.step_count = 0
         self.nonfinite_total = 0
         self.nonfinite_in_a_row = 0
@@ -195,84 +218,33 @@ class Distiller:
         self._heldout = None
         self._graph = None  # MetaGradientGraph, built at the first outer step when used
 
-    # -- initialization ------------------------------------------------------------------------
-    def _pool(self) -> torch.Tensor:
-        n = self.data_len
-        if n <= self.config.init_pool:
-            return torch.arange(n)
-        return torch.randperm(n, generator=self.gen)[:self.config.init_pool]
+    # -- the synthetic set and its momentum ---------------------------------------------------
+    @property
+    def syn_obs(self) -> torch.Tensor:
+        return self._syn[0]
 
-    def _init_synset(self):
-        cfg, n, gen = self.config, self.config.n_syn, self.gen
-        if cfg.init == "random":
-            obs = torch.randn(n, self.spec.obs_dim, generator=gen)
-            act = self.spec.max_action * (2 * torch.rand(n, self.spec.act_dim, generator=gen) - 1)
-            return obs.to(self.device), act.to(self.device)
-        if cfg.init == "real":
-            if self.data_len >= n:
-                idx = torch.randperm(self.data_len, generator=gen)[:n]
-            else:
-                idx = torch.randint(0, self.data_len, (n,), generator=gen)
-        elif cfg.init == "kmeans++":
-            idx = self._kmeanspp(self._pool(), n)
-        else:  # top-q
-            pool = self._pool()
-            q = self._teacher_q(self.real_obs[pool.to(self.device)], self.real_act[pool.to(self.device)])
-            q = torch.nan_to_num(q.float().cpu(), nan=-float("inf"))
-            order = torch.argsort(q, descending=True, stable=True)
-            idx = pool[order[:n]] if len(pool) >= n else pool[order[torch.arange(n) % len(pool)]]
-        idx = idx.to(self.device)
-        return self.real_obs[idx].clone(), self.real_act[idx].clone()
+    @property
+    def syn_act(self) -> torch.Tensor:
+        return self._syn[1]
 
-    def _kmeanspp(self, pool: torch.Tensor, n: int) -> torch.Tensor:
-        """k-means++ seeding (D^2 sampling) of ``n`` rows of ``pool`` on the normalized states."""
-        x = self.real_obs[pool.to(self.device)].double().cpu()
-        chosen = [int(torch.randint(0, len(pool), (1,), generator=self.gen))]
-        d2 = ((x - x[chosen[0]]) ** 2).sum(1)
-        for _ in range(1, n):
-            total = float(d2.sum())
-            if total > 0 and math.isfinite(total):
-                j = int(torch.multinomial(d2 / total, 1, generator=self.gen))
-            else:  # every remaining point coincides with a center: draw uniformly
-                j = int(torch.randint(0, len(pool), (1,), generator=self.gen))
-            chosen.append(j)
-            d2 = torch.minimum(d2, ((x - x[j]) ** 2).sum(1))
-        return pool[torch.tensor(chosen)]
+    @property
+    def vel_obs(self) -> torch.Tensor:
+        return self.optimizer.state[self._syn[0]]["momentum_buffer"]
 
-    # -- teacher -------------------------------------------------------------------------------
-    def _teacher_act(self, obs, noise):
-        t = self.teacher
-        a = t.act(obs.to(t.device), None if noise is None else noise.to(t.device))
-        return a.to(self.device, torch.float32)
-
-    def _teacher_q(self, obs, act):
-        t = self.teacher
-        q = t.q(obs.to(t.device), act.to(t.device))
-        return q.reshape(len(obs)).to(self.device, torch.float32)
-
-    def targets(self, index: torch.Tensor, teacher_noise: Optional[torch.Tensor]):
-        """(obs, target, weight) of the outer objective for real rows ``index``."""
-        obs = self.real_obs[index]
-        if self.config.objective == "dbc":
-            return obs, self.real_act[index], None
-        noise = teacher_noise if self.config.teacher_sample else None
-        target = self._teacher_act(obs, noise)
-        if self.config.objective == "pbc":
-            return obs, target, None
-        return obs, target, self.config.beta * self._teacher_q(obs, target)
+    @property
+    def vel_act(self) -> torch.Tensor:
+        return self.optimizer.state[self._syn[1]]["momentum_buffer"]
 
     # -- the outer step ------------------------------------------------------------------------
     def draw(self) -> Batch:
         """The random inputs of the next outer step, from the run's generator."""
-        cfg, gen, spec = self.config, self.gen, self.spec
-        b = cfg.real_batches * cfg.real_batch_size
-        theta0 = spec.init_params(generator=gen)
-        index = torch.randint(0, self.data_len, (b,), generator=gen)
-        inner_noise = torch.randn(cfg.inner_steps, cfg.n_syn, spec.act_dim, generator=gen)
-        outer_noise = torch.randn(b, spec.act_dim, generator=gen)
-        teacher_noise = torch.randn(b, spec.act_dim, generator=gen)
-        dev = self.device
-        return Batch(theta0.to(dev), index.to(dev), inner_noise.to(dev), outer_noise.to(dev), teacher_noise.to(dev))
+        return self.draws.draw(self.gen).to(self.device)
+
+    def targets(self, index: torch.Tensor, teacher_noise: Optional[torch.Tensor]):
+        """(obs, target, weight) of the outer objective for real rows ``index``."""
+        obs = self.real_obs[index]
+        target, weight = self.objective.targets(obs, self.real_act[index], teacher_noise)
+        return obs, target, weight
 
     def objective_and_grad(self, batch: Batch):
         """(H, dH/dS, dH/dA) at the current synthetic set for ``batch``; None if the targets or
@@ -314,8 +286,7 @@ class Distiller:
         loss, norm = float("nan"), float("nan")
         if out is not None:
             h, g_obs, g_act = out
-            loss = float(h)
-            norm = float(torch.sqrt(g_obs.double().pow(2).sum() + g_act.double().pow(2).sum()))
+            loss, norm = float(h), grad_norm((g_obs, g_act))
         if out is None or not (math.isfinite(loss) and math.isfinite(norm)):
             self.nonfinite_total += 1
             self.nonfinite_in_a_row += 1
@@ -327,12 +298,11 @@ class Distiller:
                     "precision='native', or check the teacher's critic values")
             return loss
         self.nonfinite_in_a_row = 0
-        scale = min(1.0, cfg.clip_norm / (norm + 1e-6)) if cfg.clip_norm > 0 else 1.0
-        vel_obs = self.vel_obs * cfg.outer_momentum + g_obs * scale
-        vel_act = self.vel_act * cfg.outer_momentum + g_act * scale
-        new_obs = self.syn_obs - cfg.outer_lr * vel_obs
-        new_act = self.syn_act - cfg.outer_lr * vel_act
-        self.vel_obs, self.vel_act, self.syn_obs, self.syn_act = vel_obs, vel_act, new_obs, new_act
+        for p, g in zip(self._syn, (g_obs, g_act)):
+            p.grad = g
+        clip_grad_norm(self._syn, cfg.clip_norm, norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
         self._log_row(loss, norm, 0, time.perf_counter() - t0)
         return loss
 
@@ -346,13 +316,7 @@ class Distiller:
         if self._heldout is None:
             g = torch.Generator().manual_seed(int(self.config.seed) + 7_777_777)
             idx = torch.randint(0, self.data_len, (self.config.eval_batch,), generator=g).to(self.device)
-            obs = self.real_obs[idx]
-            if self.config.objective == "dbc":
-                target, weight = self.real_act[idx], None
-            else:
-                target = self._teacher_act(obs, None)
-                weight = self.config.beta * self._teacher_q(obs, target) if self.config.objective == "av-pbc" else None
-            self._heldout = (obs, target, weight)
+            self._heldout = self.targets(idx, None)
         return self._heldout
 
     @torch.no_grad()
@@ -369,10 +333,7 @@ class Distiller:
             theta = unroll_bc(theta0, self.syn_obs, self.syn_act, spec, steps=cfg.inner_steps, lr=cfg.inner_lr,
                               momentum=cfg.inner_momentum, noise=noise if spec.head == "gaussian" else None,
                               backend=cfg.backend)
-            if weight is not None:
-                losses.append(float(weighted_bc_loss(theta, spec, obs, target, weight, backend=cfg.backend)))
-            else:
-                losses.append(float(weighted_bc_loss(theta, spec, obs, target, backend=cfg.backend)))
+            losses.append(float(weighted_bc_loss(theta, spec, obs, target, weight, backend=cfg.backend)))
         return float(np.mean(losses))
 
     def evaluate(self) -> dict:
@@ -426,19 +387,18 @@ class Distiller:
             raise ValueError(f"{source}: state version {state.get('version')!r}, expected {STATE_VERSION}")
         saved = state["config"]
         mine = self.config.to_dict()
-        diff = [f"{k}: saved {saved.get(k)!r}, now {mine[k]!r}" for k in RESUME_FIELDS if saved.get(k) != mine[k]]
+        diff = [f"{k}: saved {saved.get(k)!r}, now {mine[k]!r}" for k in SETTINGS_FIELDS if saved.get(k) != mine[k]]
         if diff:
             raise ValueError(f"{source}: cannot resume with different settings ({'; '.join(diff)})")
         want = {"rows": self.data_len, "obs_dim": self.spec.obs_dim, "act_dim": self.spec.act_dim}
         if state["data"] != want:
             raise ValueError(f"{source}: the run was made on a dataset with {state['data']}, this one has {want}")
-        shapes = {"syn_obs": self.syn_obs.shape, "syn_act": self.syn_act.shape}
-        for k, shape in dict(shapes, vel_obs=shapes["syn_obs"], vel_act=shapes["syn_act"]).items():
-            if tuple(state[k].shape) != tuple(shape) or not bool(torch.isfinite(state[k]).all()):
+        tensors = {"syn_obs": self.syn_obs, "syn_act": self.syn_act, "vel_obs": self.vel_obs, "vel_act": self.vel_act}
+        for k, mine_t in tensors.items():
+            if tuple(state[k].shape) != tuple(mine_t.shape) or not bool(torch.isfinite(state[k]).all()):
                 raise ValueError(f"{source}: {k} has shape {tuple(state[k].shape)} or non-finite values")
-        dev = self.device
-        self.syn_obs, self.syn_act = state["syn_obs"].to(dev, torch.float32), state["syn_act"].to(dev, torch.float32)
-        self.vel_obs, self.vel_act = state["vel_obs"].to(dev, torch.float32), state["vel_act"].to(dev, torch.float32)
+        for k, mine_t in tensors.items():
+            mine_t.copy_(state[k])
         self.gen.set_state(state["generator"])
         self.step_count = int(state["step"])
         self.nonfinite_total = int(state["nonfinite_total"])
@@ -451,15 +411,12 @@ class Distiller:
     # -- files ---------------------------------------------------------------------------------
     def log_csv(self) -> str:
         evals = {h["step"]: h for h in self.history}
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(LOG_COLUMNS + EVAL_COLUMNS)
-        n = len(self.log["step"])
-        for i in range(n):
-            row = [self.log[k][i] for k in LOG_COLUMNS]
-            e = evals.get(self.log["step"][i], {})
-            w.writerow(row + ["" if e.get(k) is None else e[k] for k in EVAL_COLUMNS])
-        return buf.getvalue()
+        rows = []
+        for i, step in enumerate(self.log["step"]):
+            row = {k: self.log[k][i] for k in LOG_COLUMNS}
+            row.update({k: evals.get(step, {}).get(k) for k in EVAL_COLUMNS})
+            rows.append(row)
+        return csv_text(LOG_COLUMNS + EVAL_COLUMNS, rows)
 
     def save(self, out_dir) -> None:
         """Atomically write ``synset.pt``, ``state.pt``, ``log.csv`` (and ``learning_curve.png``)."""
@@ -468,54 +425,14 @@ class Distiller:
         atomic_torch_save(self.state_dict(), out / "state.pt")
         atomic_write_text(out / "log.csv", self.log_csv())
         if self.config.plot:
-            plot_learning_curve(self.log, self.history, out / "learning_curve.png",
+            plots.distill_curve(self.log, self.history, out / "learning_curve.png",
                                 title=f"{self.config.objective} (N={self.config.n_syn}, T={self.config.inner_steps})")
 
 
 def load_state(path) -> dict:
+    """A saved ``state.pt`` (ValueError, in one line, when it cannot be read)."""
     path = Path(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot read the distillation state ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''}); move it away to start over") from None
-
-
-def plot_learning_curve(log: dict, history: List[dict], path, title: str = "") -> None:
-    """Outer objective per step and the evaluations, as a PNG (matplotlib's Agg canvas, no pyplot,
-    so no global backend is touched)."""
-    from matplotlib.figure import Figure
-
-    steps = np.asarray(log["step"], dtype=float)
-    loss = np.asarray(log["loss"], dtype=float)
-    fig = Figure(figsize=(10, 3.6))
-    axes = fig.subplots(1, 2)
-    ax = axes[0]
-    if len(steps):
-        k = max(1, len(loss) // 50)
-        ax.plot(steps, loss, lw=0.5 if k > 1 else 1.0, alpha=0.4 if k > 1 else 1.0, color="C0",
-                label="outer objective H")
-        if k > 1:
-            kernel = np.ones(k) / k
-            valid = np.nan_to_num(loss, nan=np.nanmean(loss) if np.isfinite(loss).any() else 0.0)
-            ax.plot(steps[k - 1:], np.convolve(valid, kernel, mode="valid"), color="C0", label=f"mean of {k}")
-        ax.legend(loc="upper right", fontsize=8)
-    ax.set_xlabel("outer step")
-    ax.set_ylabel("objective")
-    ax = axes[1]
-    scored = [h for h in history if h.get("score_mean") is not None]
-    if scored:
-        ax.errorbar([h["step"] for h in scored], [h["score_mean"] for h in scored],
-                    yerr=[h.get("score_std") or 0.0 for h in scored], marker="o", capsize=3)
-        ax.set_ylabel("normalized return (0-100)")
-    else:
-        evals = [h for h in history if h.get("eval_loss") is not None]
-        ax.plot([h["step"] for h in evals], [h["eval_loss"] for h in evals], marker="o")
-        ax.set_ylabel("held-out objective after BC")
-    ax.set_xlabel("outer step")
-    fig.suptitle(title)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    return RunDir(path.parent, path.name, RUN).load_state()
 
 
 def distill(data, teacher=None, objective: Optional[str] = None, steps: Optional[int] = None, out_dir=None,
@@ -531,56 +448,43 @@ def distill(data, teacher=None, objective: Optional[str] = None, steps: Optional
     ``state.pt`` (an existing ``state.pt`` without ``resume`` is an error, so runs are never
     overwritten by accident). Returns the final synthetic set (also ``out_dir/synset.pt``).
     """
-    from tqdm.auto import tqdm
-
     given = dict(objective=objective, seed=None if seed is None else int(seed),
                  steps=None if steps is None else int(steps), eval_every=None if eval_every is None else int(eval_every))
     cfg = replace(config or DistillConfig(), **{k: v for k, v in given.items() if v is not None}, **overrides)
     cfg.validate()
-    out = Path(out_dir) if out_dir is not None else None
-    state = None
-    if out is not None and (out / "state.pt").exists():
-        if not resume:
-            raise ValueError(f"{out} already holds a distillation run (state.pt): pass resume=True (--resume) to "
-                             "continue it, or choose another output directory")
-        state = load_state(out / "state.pt")
+    run = RunDir(out_dir, "state.pt", RUN) if out_dir is not None else None
+    state = run.load_state() if run is not None and run.check(resume) else None
     dist = Distiller(data, teacher, cfg, data_source=data_source, teacher_path=teacher_path, eval_fn=eval_fn)
     if state is not None:
-        dist.load_state_dict(state, str(out / "state.pt"))
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.json", json.dumps(
-            dict(config=cfg.to_dict(), data_source=dist.data_source, teacher_path=teacher_path, env_id=dist.env_id,
-                 spec=dist.spec.to_dict()), indent=1))
+        dist.load_state_dict(state, str(run.state_path))
+    if run is not None:
+        run.path.mkdir(parents=True, exist_ok=True)
+        run.write_json("config.json", dict(config=cfg.to_dict(), data_source=dist.data_source,
+                                           teacher_path=teacher_path, env_id=dist.env_id, spec=dist.spec.to_dict()),
+                       indent=1)
 
-    t_start = time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=min(dist.step_count, cfg.steps), desc=f"distill {cfg.objective}",
-               unit="step", disable=not progress, dynamic_ncols=True)
     last_score = next((h.get("score_mean") for h in reversed(dist.history) if "score_mean" in h), None)
-    try:
+    with Progress(cfg.steps, dist.step_count, f"distill {cfg.objective}", "step", progress,
+                  max_seconds=cfg.max_seconds) as bar:
         while dist.step_count < cfg.steps:
             loss = dist.step()
-            bar.update(1)
             post = {"loss": f"{loss:.4g}"}
             if dist.nonfinite_total:
                 post["skipped"] = dist.nonfinite_total
             if cfg.eval_every > 0 and dist.step_count % cfg.eval_every == 0 and dist.step_count < cfg.steps:
-                rec = dist.evaluate()
-                last_score = rec.get("score_mean", last_score)
+                last_score = dist.evaluate().get("score_mean", last_score)
             if last_score is not None:
                 post["score"] = f"{last_score:.1f}"
-            bar.set_postfix(post, refresh=False)
-            timed_out = cfg.max_seconds is not None and time.perf_counter() - t_start >= cfg.max_seconds
-            if out is not None and (timed_out or (cfg.save_every > 0 and dist.step_count % cfg.save_every == 0)):
-                dist.save(out)
+            bar.update(1, **post)
+            timed_out = bar.out_of_time()
+            if run is not None and (timed_out or (cfg.save_every > 0 and dist.step_count % cfg.save_every == 0)):
+                dist.save(run.path)
             if timed_out:
                 bar.write(f"distill {cfg.objective}: time budget of {cfg.max_seconds:.0f} s reached at step "
                           f"{dist.step_count}/{cfg.steps}")
                 break
-    finally:
-        bar.close()
     if cfg.final_eval and not (dist.history and dist.history[-1]["step"] == dist.step_count):
         dist.evaluate()
-    if out is not None:
-        dist.save(out)
+    if run is not None:
+        dist.save(run.path)
     return dist.synset()

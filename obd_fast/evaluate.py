@@ -1,6 +1,6 @@
 """Evaluation: train fresh policies by BC on a synthetic set, roll them out, report D4RL scores.
 
-The paper's protocol (DESIGN.md): a fresh policy of the distillation architecture is trained by
+The paper's protocol (``docs/design.md``): a fresh policy of the distillation architecture is trained by
 BC for 100 plain SGD steps, lr 0.1, on the synthetic pairs (MSE between the tanh-Gaussian head's
 *sampled* action and the target, fresh noise each step), then rolled out with its deterministic
 action ``max_action * tanh(mean)``; scores are 100 * (R - R_random) / (R_expert - R_random).
@@ -26,7 +26,7 @@ from torch import nn
 
 from .data.normalize import StateNormalizer
 from .data.scores import normalized_score
-from .policy import LOG_STD_MAX, LOG_STD_MIN, PolicySpec, Scalar
+from .policy import PolicySpec, add_log_std_scalars, tanh_gaussian_action
 from .synset import SyntheticSet
 
 OPTIMIZERS = ("sgd", "sgd-momentum", "adam", "adamw")
@@ -40,8 +40,8 @@ ARCHS = ("mlp2", "mlp3", "mlp4", "mlp5", "mlp6", "resmlp")
 ARCH_WIDTH = 256
 RESMLP_BLOCKS = 2
 # BC on the whole dataset (the "BC" baseline): minibatches of 256 rows, Adam lr 1e-3, 5000 steps
-# (CORL's BC runs 1M steps at lr 3e-4; 5000 is what a CPU affords in a few tens of seconds and
-# is past the point where the return stops improving much on the medium datasets).
+# (CORL's BC runs 1M steps at lr 3e-4; 5000 steps are past the point where the return stops
+# improving much on the medium datasets, at a small fraction of CORL's cost).
 FULL_BC = dict(steps=5000, batch_size=256, optimizer="adam", lr=1e-3)
 
 
@@ -59,8 +59,7 @@ class ResidualPolicy(nn.Module):
         self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width))
                                     for _ in range(blocks))
         self.out = nn.Linear(width, 2 * act_dim)
-        self.log_std_multiplier = Scalar(1.0)
-        self.log_std_offset = Scalar(-1.0)
+        add_log_std_scalars(self)
         with torch.no_grad():
             for lin in [self.inp, self.out] + [m for b in self.blocks for m in b if isinstance(m, nn.Linear)]:
                 w = torch.empty(lin.weight.shape, dtype=torch.float64)
@@ -74,13 +73,8 @@ class ResidualPolicy(nn.Module):
         h = torch.relu(self.inp(obs))
         for b in self.blocks:
             h = torch.relu(h + b(h))
-        out = self.out(h)
-        mean, log_std = out[:, :self.act_dim], out[:, self.act_dim:]
-        if noise is None:
-            return self.max_action * torch.tanh(mean)
-        log_std = torch.clamp(self.log_std_multiplier.constant * log_std + self.log_std_offset.constant,
-                              LOG_STD_MIN, LOG_STD_MAX)
-        return self.max_action * torch.tanh(mean + torch.exp(log_std) * noise)
+        return tanh_gaussian_action(self.out(h), self.act_dim, self.max_action, self.log_std_multiplier.constant,
+                                    self.log_std_offset.constant, noise)
 
 
 def arch_spec(arch: Union[str, PolicySpec], obs_dim: int, act_dim: int, max_action: float = 1.0,

@@ -1,4 +1,4 @@
-"""The policy network as a flat parameter vector (DESIGN.md, "Public contract of the core").
+"""The policy network as a flat parameter vector (``docs/design.md``, "The public contract").
 
 Layout of ``theta``: for each Linear layer in order, weight (out, in) row-major, then bias (out).
 The last layer has ``2 * act_dim`` outputs for the gaussian head (mean first, then log_std) or
@@ -139,11 +139,7 @@ class PolicySpec:
     def head_forward(self, out: torch.Tensor, log_std_mult, log_std_off, noise) -> torch.Tensor:
         if self.head == "tanh":
             return self.max_action * torch.tanh(out)
-        mean, log_std = out[:, :self.act_dim], out[:, self.act_dim:]
-        if noise is None:
-            return self.max_action * torch.tanh(mean)
-        log_std = torch.clamp(log_std_mult * log_std + log_std_off, LOG_STD_MIN, LOG_STD_MAX)
-        return self.max_action * torch.tanh(mean + torch.exp(log_std) * noise)
+        return tanh_gaussian_action(out, self.act_dim, self.max_action, log_std_mult, log_std_off, noise)
 
     # -- nn.Module interop (CORL actor keys) -------------------------------------------------
     def to_module(self, theta: Optional[torch.Tensor] = None) -> "PolicyModule":
@@ -194,6 +190,27 @@ class PolicySpec:
         return torch.cat([p.to(dtype) for p in pieces])
 
 
+# ------------------------------------------------------------------------------ the tanh-Gaussian head
+# One head for every policy and actor here (PolicySpec / PolicyModule, evaluate.ResidualPolicy,
+# rl.networks.TanhGaussianActor): the last layer's 2 * act_dim outputs are (mean, raw log-std),
+# log_std = clamp(log_std_multiplier * raw + log_std_offset, LOG_STD_MIN, LOG_STD_MAX), and the
+# action is max_action * tanh(mean + exp(log_std) * noise) (noise None: max_action * tanh(mean)).
+def gaussian_mean_log_std(out: torch.Tensor, act_dim: int, log_std_multiplier, log_std_offset
+                          ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(mean, log_std)`` of the pre-tanh gaussian from the last layer's outputs."""
+    mean, raw = out[..., :act_dim], out[..., act_dim:]
+    return mean, torch.clamp(log_std_multiplier * raw + log_std_offset, LOG_STD_MIN, LOG_STD_MAX)
+
+
+def tanh_gaussian_action(out: torch.Tensor, act_dim: int, max_action: float, log_std_multiplier, log_std_offset,
+                         noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The head's action for explicit ``noise`` (deterministic ``max_action * tanh(mean)`` for None)."""
+    if noise is None:
+        return max_action * torch.tanh(out[..., :act_dim])
+    mean, log_std = gaussian_mean_log_std(out, act_dim, log_std_multiplier, log_std_offset)
+    return max_action * torch.tanh(mean + torch.exp(log_std) * noise)
+
+
 class Scalar(nn.Module):
     """A learnable scalar, as CORL's ``Scalar`` (its parameter is called ``constant``)."""
 
@@ -205,22 +222,33 @@ class Scalar(nn.Module):
         return self.constant
 
 
+def relu_mlp(widths: Sequence[int]) -> nn.Sequential:
+    """Linear layers of ``widths`` with a ReLU between consecutive ones (module keys ``0, 2, ..``
+    are the Linear layers, as CORL's networks)."""
+    layers: List[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(nn.Linear(fan_in, fan_out))
+        if i < len(widths) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def add_log_std_scalars(module: nn.Module) -> None:
+    """The head's two learnable scalars as ``module.log_std_multiplier`` / ``log_std_offset``
+    (CORL's keys ``log_std_multiplier.constant``, ``log_std_offset.constant``), at the paper's init."""
+    module.log_std_multiplier = Scalar(1.0)
+    module.log_std_offset = Scalar(-1.0)
+
+
 class PolicyModule(nn.Module):
     """The policy as a module; ``state_dict`` keys match CORL's ``TanhGaussianPolicy``."""
 
     def __init__(self, spec: PolicySpec):
         super().__init__()
         self.spec = spec
-        modules: List[nn.Module] = []
-        widths = spec.widths
-        for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
-            modules.append(nn.Linear(fan_in, fan_out))
-            if i < len(widths) - 2:
-                modules.append(nn.ReLU())
-        self.base_network = nn.Sequential(*modules)
+        self.base_network = relu_mlp(spec.widths)
         if spec.head == "gaussian":
-            self.log_std_multiplier = Scalar(1.0)
-            self.log_std_offset = Scalar(-1.0)
+            add_log_std_scalars(self)
 
     def linears(self) -> List[nn.Linear]:
         return [m for m in self.base_network if isinstance(m, nn.Linear)]

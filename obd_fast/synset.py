@@ -17,13 +17,13 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from .checkpoint import atomic_torch_save
+from .atomic import atomic_torch_save
 from .data.normalize import StateNormalizer
+from .objectives import OBJECTIVES
 from .policy import PolicySpec
 
 FORMAT = "obd-fast-synset"
 FORMAT_VERSION = 1
-OBJECTIVES = ("dbc", "pbc", "av-pbc")
 REQUIRED_FIELDS = ("format", "version", "observations", "actions", "spec", "normalizer", "meta")
 
 
@@ -103,7 +103,7 @@ class SyntheticSet:
             if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
                 raise SynsetError(f"{source}: the normalizer has non-finite or non-positive entries")
         if self.objective is not None and self.objective not in OBJECTIVES:
-            raise SynsetError(f"{source}: unknown objective {self.objective!r}; expected one of {OBJECTIVES}")
+            raise SynsetError(f"{source}: unknown objective {self.objective!r}; expected one of {tuple(OBJECTIVES)}")
 
     # -- files ---------------------------------------------------------------------------------
     def metadata(self) -> dict:

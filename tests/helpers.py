@@ -1,6 +1,6 @@
 """Shared test helpers: random cases and an independent float64 meta-gradient.
 
-Everything here is written from DESIGN.md alone (flat layout, head formula, SGD semantics of
+Everything here is written from docs/design.md alone (flat layout, head formula, SGD semantics of
 torch.optim.SGD) and deliberately does not use PolicySpec.unflatten/forward or obd_fast.reference,
 so the library is checked against a second implementation rather than against itself.
 """
@@ -57,7 +57,7 @@ def to_dtype(case: Dict, dtype) -> Dict:
 # -- independent policy ------------------------------------------------------------------------
 
 def layout(spec: PolicySpec) -> Tuple[List[Tuple[int, int, int, int]], Optional[int], int]:
-    """DESIGN.md's flat layout recomputed from the spec's dimensions:
+    """docs/design.md's flat layout recomputed from the spec's dimensions:
     ([(out, in, weight_offset, bias_offset), ...], head_offset or None, num_params)."""
     out_dim = 2 * spec.act_dim if spec.head == "gaussian" else spec.act_dim
     widths = [spec.obs_dim, *spec.hidden, out_dim]
@@ -72,7 +72,7 @@ def layout(spec: PolicySpec) -> Tuple[List[Tuple[int, int, int, int]], Optional[
 
 def indep_forward(spec: PolicySpec, theta: torch.Tensor, obs: torch.Tensor,
                   noise: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The policy written from DESIGN.md: ReLU MLP, then the gaussian or tanh head."""
+    """The policy written from docs/design.md: ReLU MLP, then the gaussian or tanh head."""
     layers, head_off, _ = layout(spec)
     x = obs
     for i, (fo, fi, wo, bo) in enumerate(layers):
@@ -168,7 +168,7 @@ ODD_N, ODD_B = 7, 11
 # -- composing unroll_bc with a user's outer loss ----------------------------------------------
 
 def params_dict_from_theta(spec: PolicySpec, theta: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """Views of theta under CORL's actor keys (built from DESIGN.md's layout, not spec.unflatten)."""
+    """Views of theta under CORL's actor keys (built from docs/design.md's layout, not spec.unflatten)."""
     layers, head_off, _ = layout(spec)
     d = {}
     for i, (fo, fi, wo, bo) in enumerate(layers):

@@ -1,4 +1,4 @@
-"""obd_fast.checkpoint: a failed or killed write leaves the old file or the new one, never a torn one."""
+"""obd_fast.atomic: a failed or killed write leaves the old file or the new one, never a torn one."""
 import hashlib
 import os
 import random
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from obd_fast.checkpoint import atomic_torch_save, atomic_write, atomic_write_text
+from obd_fast.atomic import atomic_torch_save, atomic_write, atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 KILLS = {"atomic_write": 8, "atomic_torch_save": 3}  # the figures in the notes count these
@@ -56,7 +56,14 @@ def test_writer_exception_without_an_old_file(tmp_path):
     assert not target.exists() and leftovers(target.parent, target.name) == []
 
 
-def test_torch_save_failure_midway_keeps_the_old_checkpoint(tmp_path):
+def test_the_former_module_name_still_imports():
+    import obd_fast.checkpoint as former
+
+    assert (former.atomic_write, former.atomic_torch_save, former.atomic_write_text) == (
+        atomic_write, atomic_torch_save, atomic_write_text)
+
+
+def test_torch_save_failure_midway_keeps_the_old_file(tmp_path):
     target = tmp_path / "ckpt.pt"
     atomic_torch_save({"step": 1, "w": torch.arange(5.0)}, target)
     unpicklable = {"step": 2, "w": torch.zeros(10_000), "fn": lambda x: x}  # fails after the tensor is written
@@ -79,13 +86,13 @@ def test_successful_writes_replace_and_get_normal_permissions(tmp_path):
 
 # -- SIGKILL at random moments -----------------------------------------------------------------
 
-# The child imports obd_fast/checkpoint.py by path (not the whole package: faster restarts). It
+# The child imports obd_fast/atomic.py by path (not the whole package: faster restarts). It
 # writes version after version of a large file forever and prints "ready" once its first write
 # has finished.
 CHILD = textwrap.dedent("""
     import hashlib, importlib.util, os, sys
     target, mode, start = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    spec = importlib.util.spec_from_file_location("ckpt", os.path.join(sys.argv[4], "obd_fast", "checkpoint.py"))
+    spec = importlib.util.spec_from_file_location("ckpt", os.path.join(sys.argv[4], "obd_fast", "atomic.py"))
     ckpt = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ckpt)
     if mode == "atomic_torch_save":

@@ -42,7 +42,7 @@ def test_gpu_benchmark_chart_redraws_from_a_saved_run(tmp_path):
 
     from benchmarks import gpu_meta_gradient
 
-    saved = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "results", "gpu_h100_2026-11-27_grid.json")
+    saved = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "results", "gpu_meta_gradient_h100.json")
     copy = tmp_path / "run.json"
     shutil.copy(saved, copy)
     gpu_meta_gradient.main(["--replot", str(copy)])

@@ -5,7 +5,7 @@ import pytest
 gym = pytest.importorskip("gymnasium")
 minari = pytest.importorskip("minari")
 # EpisodeBuffer + create_dataset_from_buffers write the same datasets as minari.DataCollector,
-# which would also import JAX (minari[create], ~600 MB): see DESIGN.md's ecosystem notes.
+# which would also import JAX (the minari[create] extra).
 from minari.data_collector import EpisodeBuffer  # noqa: E402
 
 from obd_fast.data import DatasetError, DatasetNotFoundError, load_dataset, normalized_score  # noqa: E402

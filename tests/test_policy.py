@@ -222,3 +222,33 @@ def test_spec_equality_hash_and_dict_round_trip():
     b = PolicySpec.from_dict(a.to_dict())
     assert a == b and hash(a) == hash(b) and len({a, b}) == 1
     assert a != PolicySpec(5, 2, (13, 9), head="gaussian", max_action=2.0)
+
+
+def test_one_head_for_the_policy_the_residual_policy_and_the_actor():
+    """PolicyModule, evaluate.ResidualPolicy and rl.TanhGaussianActor share the head function:
+    with the same last-layer outputs, log-std scalars and noise they give bitwise the same action,
+    and the independent formula (helpers.indep_forward) agrees to rounding."""
+    from obd_fast.evaluate import ResidualPolicy
+    from obd_fast.rl.networks import TanhGaussianActor
+
+    g = torch.Generator().manual_seed(0)
+    obs, noise = torch.randn(9, 11, generator=g), torch.randn(9, 3, generator=g)
+    spec = PolicySpec(11, 3, (16,), max_action=1.5)
+    theta = spec.init_params(generator=g)
+    theta[-2:] = torch.tensor([1.3, -0.4])
+    policy = spec.to_module(theta)
+    actor = TanhGaussianActor(11, 3, (16,), max_action=1.5)
+    actor.load_state_dict(policy.state_dict())
+    residual = ResidualPolicy(11, 3, width=16, blocks=0, max_action=1.5)
+    with torch.no_grad():  # no blocks: relu(inp(s)) then out, the same function as the 1-hidden-layer MLP
+        residual.inp.load_state_dict(policy.base_network[0].state_dict())
+        residual.out.load_state_dict(policy.base_network[2].state_dict())
+        residual.log_std_multiplier.constant.fill_(1.3)
+        residual.log_std_offset.constant.fill_(-0.4)
+    mean, log_std = actor.distribution_params(obs)
+    from_actor = 1.5 * torch.tanh(mean + log_std.exp() * noise)
+    for n in (noise, None):
+        a = policy(obs, n)
+        assert torch.equal(a, residual(obs, n)) and torch.equal(a, spec.forward(theta, obs, n))
+        torch.testing.assert_close(a, indep_forward(spec, theta, obs, n))
+    assert torch.equal(policy(obs, noise), from_actor)

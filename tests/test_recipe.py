@@ -62,6 +62,15 @@ def test_curve_and_summary_written(tiny_run):
     assert len(summary["evaluations"]) == TINY.max_env_steps // TINY.eval_every
 
 
+def test_training_curve_csv_holds_the_evaluations(tiny_run):
+    import csv
+
+    out, summary = tiny_run
+    rows = list(csv.DictReader(open(out / "training_curve.csv")))
+    assert [int(r["env_steps"]) for r in rows] == [e["env_steps"] for e in summary["evaluations"]]
+    assert [float(r["normalized_score"]) for r in rows] == [e["normalized"] for e in summary["evaluations"]]
+
+
 def test_refuses_to_overwrite_without_resume(tiny_run):
     out, _ = tiny_run
     with pytest.raises(DatasetError, match="resume"):

@@ -12,12 +12,10 @@ resumes where it stopped with ``--resume`` and gives the same result as an unint
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import List, Optional
@@ -25,29 +23,42 @@ from typing import List, Optional
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_torch_save, atomic_write, atomic_write_text
+from .. import plots
+from ..atomic import atomic_torch_save, atomic_write, atomic_write_text
+from ..options import NONNEG, POS, nonneg_float, option, positive_float, widths
+from ..runs import Progress, RunDir, csv_text, generator_state, set_generator_state
 from .errors import DatasetError
 from .loaders import compact_next_observations
 from .scores import normalized_score, reference_scores, task_name
 
 
+EVAL_COLUMNS = ("env_steps", "return_mean", "normalized_score")
+
+
 @dataclass
 class RecipeConfig:
-    env_id: str = "Hopper-v5"
-    seed: int = 0
-    target_score: float = 33.3        # normalized return (0-100) at which training stops (see _choose_snapshot)
-    max_env_steps: int = 400_000       # give up (with the last policy) after this many training steps
-    start_steps: int = 5_000           # uniform random actions first, as SAC usually does
-    eval_every: int = 5_000            # env steps between evaluations of the stochastic policy
-    fine_eval_every: int = 250         # ... once an evaluation has passed fine_eval_from * target_score:
-    fine_eval_from: float = 0.5        # SAC on hopper can jump from 24 to 73 within 1k steps, so look closer
-    max_candidates: int = 40           # evaluated snapshots kept near the target to choose the behavior policy from
-    eval_episodes: int = 10
-    medium_transitions: int = 100_000  # rollouts of the frozen policy (whole episodes, at least this many rows)
-    checkpoint_every: int = 10_000     # env steps between resumable checkpoints (taken at episode ends)
-    batch_size: int = 256
-    hidden: tuple = (256, 256)
-    threads: int = 1                   # torch threads; small nets gain little from more
+    """The recipe's settings; a resumed run must use the saved ones (all of them)."""
+
+    env_id: str = option("Hopper-v5", "Gymnasium MuJoCo task", flag="--env")
+    seed: int = option(0, type=int)
+    target_score: float = option(33.3, "normalized return (0-100) that stops training; the behavior policy is the "
+                                       "recent evaluated snapshot closest to it", type=positive_float)
+    max_env_steps: int = option(400_000, "give up (with the last policy) after this many training steps", type=POS)
+    start_steps: int = option(5_000, "uniform random actions first, as SAC usually does", type=NONNEG)
+    eval_every: int = option(5_000, "env steps between evaluations of the stochastic policy", type=POS)
+    # SAC on hopper can jump from a score of 24 to 73 within 1k steps: near the target, look closer
+    fine_eval_every: int = option(250, "env steps between evaluations once one has passed fine_eval_from x the "
+                                       "target", type=POS)
+    fine_eval_from: float = option(0.5, type=nonneg_float)
+    max_candidates: int = option(40, "evaluated snapshots kept near the target to choose the behavior policy from",
+                                 type=POS)
+    eval_episodes: int = option(10, type=POS)
+    medium_transitions: int = option(100_000, "rows of the medium dataset (whole episodes of the frozen policy, at "
+                                              "least this many)", flag="--transitions", type=POS)
+    checkpoint_every: int = option(10_000, "env steps between resumable saves (taken at episode ends)", type=POS)
+    batch_size: int = option(256, type=POS)
+    hidden: tuple = option((256, 256), "hidden widths of the SAC networks", type=widths)
+    threads: int = option(1, "torch threads; small nets gain little from more", cli=False)
 
 
 class _Env:
@@ -199,18 +210,15 @@ def dataset_stats(episodes: List[dict], env_id: str) -> dict:
 
 def make_dataset(out_dir, config: Optional[RecipeConfig] = None, resume: bool = False, progress: bool = True) -> dict:
     """Run the recipe into ``out_dir``; returns the summary (also ``out_dir/summary.json``)."""
-    from tqdm.auto import tqdm
-
     from ..rl import SAC, ReplayBuffer, SACConfig
 
     cfg = config or RecipeConfig()
     task = task_name(cfg.env_id)
     if task is None:
         raise DatasetError(f"make_dataset: {cfg.env_id!r} has no D4RL reference scores (hopper, halfcheetah, walker2d)")
-    out = Path(out_dir)
-    ckpt_path = out / "checkpoint.pt"
-    if ckpt_path.exists() and not resume:
-        raise DatasetError(f"{out} already holds a recipe checkpoint: pass resume=True (--resume) or another --out")
+    run = RunDir(out_dir, "checkpoint.pt", "a recipe run", DatasetError)
+    resuming = run.check(resume)
+    out = run.path
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
 
@@ -222,29 +230,30 @@ def make_dataset(out_dir, config: Optional[RecipeConfig] = None, resume: bool = 
     buf = ReplayBuffer(obs_dim, act_dim, cfg.max_env_steps + 1000, seed=cfg.seed)
     act_rng = np.random.default_rng(cfg.seed + 1)
     eval_gen = torch.Generator().manual_seed(cfg.seed + 2)
-    state = dict(env_steps=0, episode=0, episode_log=[], evals=[], last_ckpt=0, frozen=False, started=time.time(),
-                 elapsed_before=0.0, candidates=[], chosen=None)
+    state = dict(env_steps=0, episode=0, episode_log=[], evals=[], last_ckpt=0, frozen=False, elapsed_before=0.0,
+                 candidates=[], chosen=None)
 
-    if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, weights_only=False)
+    if resuming:
+        ck = run.load_state(weights_only=False)
         if ck["config"] != asdict(cfg):
-            raise DatasetError(f"{ckpt_path} was made with another configuration: {ck['config']}")
+            raise DatasetError(f"{run.state_path} was made with another configuration: {ck['config']}")
         agent.load_state_dict(ck["agent"])
         buf.load_state_dict(ck["replay"])
         torch.set_rng_state(ck["torch_rng"])
-        act_rng.bit_generator.state = ck["act_rng"]
-        eval_gen.set_state(ck["eval_rng"])
-        state.update(ck["state"], started=time.time())
+        set_generator_state(act_rng, ck["act_rng"])
+        set_generator_state(eval_gen, ck["eval_rng"])
+        state.update(ck["state"])
+
+    bar = Progress(cfg.max_env_steps, state["env_steps"], "SAC", "step", progress,
+                   elapsed_before=state["elapsed_before"])
 
     def save_checkpoint():
-        state["elapsed_before"] += time.time() - state["started"]
-        state["started"] = time.time()
-        atomic_torch_save(dict(config=asdict(cfg), agent=agent.state_dict(), replay=buf.state_dict(),
-                               torch_rng=torch.get_rng_state(), act_rng=act_rng.bit_generator.state,
-                               eval_rng=eval_gen.get_state(), state=state), ckpt_path)
+        state["elapsed_before"] = bar.elapsed()
+        run.save_state(dict(config=asdict(cfg), agent=agent.state_dict(), replay=buf.state_dict(),
+                            torch_rng=torch.get_rng_state(), act_rng=generator_state(act_rng),
+                            eval_rng=generator_state(eval_gen), state=state))
         state["last_ckpt"] = state["env_steps"]
 
-    bar = tqdm(total=cfg.max_env_steps, initial=state["env_steps"], desc="SAC", disable=not progress, unit="step")
     while not state["frozen"] and state["env_steps"] < cfg.max_env_steps:
         obs, done, length = env.reset(state["episode"]), False, 0
         while not done:
@@ -258,11 +267,13 @@ def make_dataset(out_dir, config: Optional[RecipeConfig] = None, resume: bool = 
             state["env_steps"] += 1
             if state["env_steps"] >= cfg.start_steps:
                 info = agent.update(buf.sample(cfg.batch_size))
+            post = {}
             if state["env_steps"] % _eval_interval(cfg, state["evals"]) == 0:
                 returns = _evaluate(agent.actor, cfg.env_id, cfg.eval_episodes, cfg.seed, eval_gen)
                 score = float(np.mean(normalized_score(cfg.env_id, returns)))
                 state["evals"].append((state["env_steps"], float(returns.mean()), score))
-                bar.set_postfix(score=f"{score:.1f}", alpha=f"{info['alpha']:.3f}" if state["env_steps"] > cfg.start_steps else "-")
+                post = dict(score=f"{score:.1f}",
+                            alpha=f"{info['alpha']:.3f}" if state["env_steps"] > cfg.start_steps else "-")
                 if _near_target(cfg, score):
                     actor = {k: v.detach().clone() for k, v in agent.actor.state_dict().items()}
                     state["candidates"] = (state["candidates"] + [dict(
@@ -273,7 +284,7 @@ def make_dataset(out_dir, config: Optional[RecipeConfig] = None, resume: bool = 
                     state["candidates"] = []
                 if score >= cfg.target_score:
                     state["frozen"] = True  # stop training right here and choose among the snapshots
-            bar.update(1)
+            bar.update(1, **post)
             if state["frozen"] or state["env_steps"] >= cfg.max_env_steps:
                 break
         # an episode cut by the freeze or the step budget counts as truncated
@@ -294,7 +305,7 @@ def make_dataset(out_dir, config: Optional[RecipeConfig] = None, resume: bool = 
         agent.actor.load_state_dict(state["chosen"]["actor"])
     last = state["evals"][-1] if state["evals"] else (state["env_steps"], float("nan"), float("nan"))
     behavior = state["chosen"] or dict(env_steps=state["env_steps"], return_mean=last[1], score=last[2])
-    train_seconds = state["elapsed_before"] + time.time() - state["started"]
+    train_seconds = bar.elapsed()
     if not state["frozen"]:
         import warnings
 
@@ -303,12 +314,11 @@ def make_dataset(out_dir, config: Optional[RecipeConfig] = None, resume: bool = 
 
     atomic_torch_save(dict(actor=agent.actor.state_dict(), hidden=list(cfg.hidden), env_id=cfg.env_id,
                            evals=state["evals"], env_steps=behavior["env_steps"]), out / "behavior_policy.pt")
-    t0 = time.time()
     gen = torch.Generator().manual_seed(cfg.seed + 3)
-    with tqdm(total=cfg.medium_transitions, desc="medium rollouts", disable=not progress, unit="step") as p:
-        medium = _rollout_episodes(agent.actor, cfg.env_id, cfg.medium_transitions, cfg.seed, gen, p)
+    with Progress(cfg.medium_transitions, 0, "medium rollouts", "step", progress) as rollouts:
+        medium = _rollout_episodes(agent.actor, cfg.env_id, cfg.medium_transitions, cfg.seed, gen, rollouts)
+        rollout_seconds = rollouts.elapsed()
     replay = _episodes_from_replay(buf, state["episode_log"])
-    rollout_seconds = time.time() - t0
 
     lo, hi = reference_scores(cfg.env_id)
     env_name = task
@@ -326,37 +336,11 @@ def make_dataset(out_dir, config: Optional[RecipeConfig] = None, resume: bool = 
                    train_seconds=round(train_seconds, 1), rollout_seconds=round(rollout_seconds, 1),
                    evaluations=[dict(env_steps=s, return_mean=r, normalized=n) for s, r, n in state["evals"]],
                    datasets=outputs)
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
-    _save_curve(out, state["evals"], cfg, behavior)
+    run.write_json("summary.json", summary, indent=2)
+    run.write_text("training_curve.csv", csv_text(EVAL_COLUMNS, [dict(zip(EVAL_COLUMNS, e)) for e in state["evals"]]))
+    plots.recipe_curve(out / "training_curve.png", state["evals"], cfg.target_score, behavior,
+                       title=f"SAC on {cfg.env_id} (seed {cfg.seed})")
     return summary
-
-
-def _save_curve(out: Path, evals, cfg: RecipeConfig, behavior: Optional[dict] = None) -> None:
-    with open(out / "training_curve.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["env_steps", "return_mean", "normalized_score"])
-        w.writerows(evals)
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    if evals:
-        steps, _, scores = zip(*evals)
-        ax.plot(steps, scores, marker="o", ms=3)
-    if behavior is not None and np.isfinite(behavior["score"]):
-        ax.plot([behavior["env_steps"]], [behavior["score"]], "r*", ms=14, label="behavior policy")
-    ax.axhline(cfg.target_score, ls="--", c="gray", label="target")
-    ax.set_xlabel("environment steps")
-    ax.set_ylabel("normalized return")
-    ax.set_title(f"SAC on {cfg.env_id} (seed {cfg.seed})")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "training_curve.png", dpi=120)
-    plt.close(fig)
 
 
 BUNDLE_README = """# Bundled dataset: {name}
@@ -427,28 +411,10 @@ def write_bundle(run_dir, dest, kind: str = "medium") -> Path:
 
 
 def main(argv=None) -> int:
-    import argparse
+    """``python -m obd_fast.data.recipe``: the ``obd-fast make-dataset`` command."""
+    from ..cli import main as cli_main
 
-    p = argparse.ArgumentParser(prog="python -m obd_fast.data.recipe", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True, help="run directory (checkpoint, datasets, summary)")
-    p.add_argument("--env", default=RecipeConfig.env_id)
-    p.add_argument("--seed", type=int, default=RecipeConfig.seed)
-    p.add_argument("--target-score", type=float, default=RecipeConfig.target_score)
-    p.add_argument("--transitions", type=int, default=RecipeConfig.medium_transitions)
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--bundle", metavar="DIR", nargs="?", const="", default=None,
-                   help="also copy the medium set with a README into DIR (default: the package's bundled/<task>-medium)")
-    args = p.parse_args(argv)
-    cfg = RecipeConfig(env_id=args.env, seed=args.seed, target_score=args.target_score,
-                       medium_transitions=args.transitions)
-    summary = make_dataset(args.out, cfg, resume=args.resume)
-    print(json.dumps(summary["datasets"], indent=1))
-    if args.bundle is not None:
-        from .loaders import BUNDLED_ROOT
-
-        dest = Path(args.bundle) if args.bundle else BUNDLED_ROOT / f"{task_name(cfg.env_id)}-medium"
-        print(f"bundled: {write_bundle(args.out, dest)}")
-    return 0
+    return cli_main(argv, command="make-dataset", prog="python -m obd_fast.data.recipe")
 
 
 if __name__ == "__main__":

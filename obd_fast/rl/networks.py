@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..policy import LOG_STD_MAX, LOG_STD_MIN, PolicyModule, PolicySpec
+from ..policy import PolicyModule, PolicySpec, gaussian_mean_log_std, relu_mlp
 
 
 def orthogonal_init_(sequential: nn.Sequential, last_gain: float = 1e-2) -> None:
@@ -38,11 +38,9 @@ class TanhGaussianActor(PolicyModule):
             orthogonal_init_(self.base_network)
 
     def distribution_params(self, obs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(mean, log_std)`` of the pre-tanh gaussian, with CORL's clamp."""
-        out = self.base_network(obs)
-        mean, log_std = out.split(self.spec.act_dim, dim=-1)
-        log_std = self.log_std_multiplier() * log_std + self.log_std_offset()
-        return mean, torch.clamp(log_std, LOG_STD_MIN, LOG_STD_MAX)
+        """``(mean, log_std)`` of the pre-tanh gaussian, with CORL's clamp (the core's head)."""
+        return gaussian_mean_log_std(self.base_network(obs), self.spec.act_dim, self.log_std_multiplier(),
+                                     self.log_std_offset())
 
     def sample(self, obs: torch.Tensor, deterministic: bool = False,
                generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -89,13 +87,7 @@ class QNetwork(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256), orthogonal_init: bool = True):
         super().__init__()
         self.obs_dim, self.act_dim = int(obs_dim), int(act_dim)
-        widths = (self.obs_dim + self.act_dim,) + tuple(int(h) for h in hidden) + (1,)
-        layers = []
-        for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
-            layers.append(nn.Linear(fan_in, fan_out))
-            if i < len(widths) - 2:
-                layers.append(nn.ReLU())
-        self.network = nn.Sequential(*layers)
+        self.network = relu_mlp((self.obs_dim + self.act_dim,) + tuple(int(h) for h in hidden) + (1,))
         if orthogonal_init:
             orthogonal_init_(self.network, last_gain=1.0)
 

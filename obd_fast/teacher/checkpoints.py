@@ -38,7 +38,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_torch_save
+from ..atomic import atomic_torch_save
 from ..data.normalize import StateNormalizer
 from ..policy import Scalar
 from ..rl.networks import QNetwork, TanhGaussianActor

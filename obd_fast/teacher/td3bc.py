@@ -2,13 +2,12 @@
 
 Why TD3+BC and not IQL as the second teacher next to Cal-QL:
 
-* Cost per update. On one CPU thread at batch 256 with the paper's widths (``python
-  benchmarks/teacher_updates.py --env all``, a shared 2-core x86 machine, two runs), a TD3+BC
-  update is 15-20x cheaper than a Cal-QL update and 1.2-1.6x cheaper than an IQL-shaped update
-  with CORL's ``iql.py`` sizes (hopper, quiet machine: Cal-QL 7.4, IQL 86, TD3+BC 112 updates/s).
-  Cal-QL's critic scores 1 + 3 x 10 actions per state and samples 2 x 10 policy actions for
-  them; TD3+BC's critic scores the data action and one target action, and its actor steps every
-  second update; IQL trains a third (value) network on every update.
+* Cost per update. Cal-QL's critic scores 1 + 3 x 10 actions per state and samples 2 x 10
+  policy actions for them; TD3+BC's critic scores the data action and one target action, and its
+  actor steps every second update; IQL trains a third (value) network on every update. So a
+  TD3+BC update is an order of magnitude cheaper than a Cal-QL update and somewhat cheaper than
+  an IQL-shaped one (``python benchmarks/teacher_updates.py --env all`` measures updates per
+  second of all three on the machine at hand).
 * No action sampling in the critic loss: the TD target uses the target actor plus clipped
   Gaussian noise, no log-probabilities and no entropy temperature, so there is less to get wrong
   and nothing stochastic for the teacher to carry: the actor is deterministic, ``act`` ignores
@@ -40,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.normalize import StateNormalizer
+from ..policy import relu_mlp
 from ..rl.networks import soft_update
 from .base import NetworkTeacher
 
@@ -70,15 +70,6 @@ class TD3BCConfig:
         return d
 
 
-def _mlp(widths: Sequence[int]) -> nn.Sequential:
-    layers = []
-    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
-        layers.append(nn.Linear(fan_in, fan_out))
-        if i < len(widths) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
-
-
 class DeterministicActor(nn.Module):
     """CORL's TD3+BC ``Actor``: ``max_action * tanh(net(obs))``, keys ``net.{0,2,..}``."""
 
@@ -86,7 +77,7 @@ class DeterministicActor(nn.Module):
         super().__init__()
         self.obs_dim, self.act_dim, self.max_action = int(obs_dim), int(act_dim), float(max_action)
         self.hidden = tuple(int(h) for h in hidden)
-        self.net = _mlp((self.obs_dim,) + self.hidden + (self.act_dim,))
+        self.net = relu_mlp((self.obs_dim,) + self.hidden + (self.act_dim,))
         self.net.append(nn.Tanh())
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
@@ -107,7 +98,7 @@ class TwinCritic(nn.Module):
         super().__init__()
         self.obs_dim, self.act_dim = int(obs_dim), int(act_dim)
         self.hidden = tuple(int(h) for h in hidden)
-        self.net = _mlp((self.obs_dim + self.act_dim,) + self.hidden + (1,))
+        self.net = relu_mlp((self.obs_dim + self.act_dim,) + self.hidden + (1,))
 
     def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([obs, actions], dim=-1)).squeeze(-1)

@@ -29,24 +29,20 @@ generators, so it does not change the training run.
 """
 from __future__ import annotations
 
-import argparse
-import csv
 import hashlib
-import io
-import json
 import math
 import random
-import sys
-import time
 import warnings
+from dataclasses import dataclass
 from dataclasses import fields as dc_fields
-from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_torch_save, atomic_write_text
+from .. import plots
+from ..options import NONNEG, POS, option
+from ..runs import Progress, RunDir, csv_text, rng_state, set_rng_state
 from .calql import CalQL, CalQLConfig
 from .checkpoints import save_teacher_checkpoint
 from .td3bc import TD3BC, TD3BCConfig
@@ -66,6 +62,23 @@ class TeacherTrainError(ValueError):
 
 class RunExistsError(TeacherTrainError, FileExistsError):
     """The output directory already holds a run and ``resume`` was not given."""
+
+
+@dataclass
+class TeacherRunConfig:
+    """The settings of a teacher training run besides the algorithm's own (``CalQLConfig`` /
+    ``TD3BCConfig``): the defaults of :func:`train_teacher` and of ``obd-fast train-teacher``."""
+
+    algo: str = option("calql", "the teacher's algorithm", choices=tuple(ALGOS))
+    steps: int = option(1_000_000, "gradient updates (CORL: 1M)", type=POS)
+    seed: int = option(0, type=int)
+    eval_every: int = option(5000, "updates between evaluations; 0: none", type=NONNEG)
+    eval_episodes: int = option(10, type=POS)
+    batch_size: int = option(256, type=POS)
+    checkpoint_every: Optional[int] = option(None, "updates between saves of checkpoint.pt (None: eval_every, "
+                                                   "10000 without evaluation)", type=POS)
+    log_every: Optional[int] = option(None, "updates per row of log.csv (None: 1000)", type=POS)
+    device: str = option("cpu")
 
 
 # ---------------------------------------------------------------------------------- data
@@ -151,87 +164,15 @@ def _score(data, eval_env: str, returns: np.ndarray) -> np.ndarray:
     return np.full(len(returns), np.nan)
 
 
-# ---------------------------------------------------------------------------------- RNG state
-def _rng_state(sampler: torch.Generator) -> dict:
-    np_state = np.random.get_state()
-    state = dict(torch=torch.get_rng_state(), sampler=sampler.get_state(),
-                 numpy=(np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])),
-                 python=random.getstate())
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict, sampler: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    sampler.set_state(state["sampler"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    random.setstate(_tuples(state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _tuples(x):
-    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
-# ---------------------------------------------------------------------------------- outputs
-def _write_log(path: Path, algo: str, rows: List[dict]) -> None:
-    cols = ["step", "seconds"] + list(LOG_KEYS[algo]) + ["return_mean", "normalized_score"]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
-    w.writeheader()
-    for row in rows:
-        w.writerow({k: ("" if row.get(k) is None else row[k]) for k in cols})
-    atomic_write_text(path, buf.getvalue())
-
-
-def _save_curve(path: Path, algo: str, rows: List[dict], evals: List[dict], title: str) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover - matplotlib is a dependency
-        return
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    if evals:
-        ax1.plot([e["step"] for e in evals], [e["normalized_score"] for e in evals], marker="o")
-    else:
-        ax1.text(0.5, 0.5, "no evaluation", ha="center", va="center", transform=ax1.transAxes)
-    ax1.ticklabel_format(axis="y", useOffset=False)
-    ax1.set_xlabel("update")
-    ax1.set_ylabel("normalized return (0-100)")
-    ax1.set_title("evaluation")
-    steps = [r["step"] for r in rows if r.get("critic_loss") is not None]
-    if steps:
-        ax2.plot(steps, [r["critic_loss"] for r in rows if r.get("critic_loss") is not None], label="critic loss")
-        key = "policy_loss" if algo == "calql" else "actor_loss"
-        pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
-        if pts:
-            ax2b = ax2.twinx()
-            ax2b.plot(*zip(*pts), color="tab:orange", label=key.replace("_", " "))
-            ax2b.set_ylabel(key.replace("_", " "), color="tab:orange")
-    ax2.set_xlabel("update")
-    ax2.set_ylabel("critic loss")
-    ax2.set_title("losses (window means)")
-    fig.suptitle(title)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    from ..checkpoint import atomic_write
-
-    atomic_write(path, lambda tmp: open(tmp, "wb").write(buf.getvalue()))
-
-
 # ---------------------------------------------------------------------------------- training
-def train_teacher(data, algo: str = "calql", out_dir="runs/teacher", steps: int = 1_000_000, seed: int = 0,
-                  resume: bool = False, eval_every: int = 5000, eval_episodes: int = 10, env_id: Optional[str] = None,
-                  batch_size: int = 256, device="cpu", progress: bool = True, config=None,
-                  checkpoint_every: Optional[int] = None, log_every: Optional[int] = None,
-                  threads: Optional[int] = None) -> dict:
+R = TeacherRunConfig  # the defaults, stated once on the dataclass
+
+
+def train_teacher(data, algo: str = R.algo, out_dir="runs/teacher", steps: int = R.steps, seed: int = R.seed,
+                  resume: bool = False, eval_every: int = R.eval_every, eval_episodes: int = R.eval_episodes,
+                  env_id: Optional[str] = None, batch_size: int = R.batch_size, device=R.device, progress: bool = True,
+                  config=None, checkpoint_every: Optional[int] = R.checkpoint_every,
+                  log_every: Optional[int] = R.log_every, threads: Optional[int] = None) -> dict:
     """Train ``algo`` ("calql" or "td3bc") for ``steps`` updates; returns the summary (also
     ``out_dir/summary.json``). See the module docstring for the files written.
 
@@ -241,8 +182,6 @@ def train_teacher(data, algo: str = "calql", out_dir="runs/teacher", steps: int 
     ``log_every`` to 1000 (both also act at the last update). ``threads`` sets
     ``torch.set_num_threads`` for the whole process.
     """
-    from tqdm.auto import tqdm
-
     if algo not in ALGOS:
         raise TeacherTrainError(f"algo must be one of {sorted(ALGOS)}, got {algo!r}")
     steps, eval_every, eval_episodes = int(steps), int(eval_every), int(eval_episodes)
@@ -266,14 +205,9 @@ def train_teacher(data, algo: str = "calql", out_dir="runs/teacher", steps: int 
     env_id = env_id or data.env_id
     source = data.metadata.get("source") if isinstance(getattr(data, "metadata", None), dict) else None
 
-    out = Path(out_dir)
-    ckpt_path = out / "checkpoint.pt"
-    existing = [n for n in ("checkpoint.pt", "teacher.pt", "log.csv") if (out / n).exists()]
-    if existing and not resume:
-        raise RunExistsError(f"{out} already holds a teacher run ({', '.join(existing)}): pass resume=True "
-                             "(--resume) to continue it, or choose another output directory")
-    if existing and not ckpt_path.exists():
-        raise TeacherTrainError(f"cannot resume {out}: it has {', '.join(existing)} but no checkpoint.pt")
+    run = RunDir(out_dir, "checkpoint.pt", "a teacher run", RunExistsError, outputs=("teacher.pt", "log.csv"))
+    resuming = run.check(resume)
+    out = run.path
     out.mkdir(parents=True, exist_ok=True)
 
     agent_cls, _ = ALGOS[algo]
@@ -292,22 +226,17 @@ def train_teacher(data, algo: str = "calql", out_dir="runs/teacher", steps: int 
     sums: Dict[str, float] = {}  # loss sums and counts of the current logging window
     counts: Dict[str, int] = {}
 
-    if resume and ckpt_path.exists():
-        from .checkpoints import TeacherCheckpointError, read_checkpoint
-
-        try:
-            ck = read_checkpoint(ckpt_path)
-        except TeacherCheckpointError as exc:
-            raise TeacherTrainError(f"cannot resume: {exc}") from None
+    if resuming:
+        ck = run.load_state()
         expect = dict(format=CHECKPOINT_FORMAT, algo=algo, config=cfg.to_dict(), seed=seed, data=fingerprint)
         for key, value in expect.items():
             if ck.get(key) != value:
                 what = "the dataset differs" if key == "data" else f"{key}={ck.get(key)!r} there, {value!r} now"
-                raise TeacherTrainError(f"cannot resume {ckpt_path}: it was made with another setup ({what})")
+                raise TeacherTrainError(f"cannot resume {run.state_path}: it was made with another setup ({what})")
         if ck["step"] > steps:
-            raise TeacherTrainError(f"{ckpt_path} is at update {ck['step']}, beyond steps={steps}")
+            raise TeacherTrainError(f"{run.state_path} is at update {ck['step']}, beyond steps={steps}")
         agent.load_state_dict(ck["agent"])
-        _set_rng_state(ck["rng"], sampler)
+        set_rng_state(ck["rng"], sampler=sampler)
         start, rows, evals, elapsed_before = ck["step"], list(ck["log"]), list(ck["evaluations"]), ck["elapsed"]
         sums, counts = dict(ck["window"][0]), dict(ck["window"][1])
 
@@ -329,58 +258,53 @@ def train_teacher(data, algo: str = "calql", out_dir="runs/teacher", steps: int 
         return result
 
     def save_checkpoint(step: int, elapsed: float) -> None:
-        atomic_torch_save(dict(format=CHECKPOINT_FORMAT, algo=algo, config=cfg.to_dict(), seed=seed,
-                               data=fingerprint, step=step, agent=agent.state_dict(), rng=_rng_state(sampler),
-                               log=rows, window=(sums, counts), evaluations=evals, elapsed=elapsed,
-                               env_id=env_id), ckpt_path)
+        run.save_state(dict(format=CHECKPOINT_FORMAT, algo=algo, config=cfg.to_dict(), seed=seed, data=fingerprint,
+                            step=step, agent=agent.state_dict(), rng=rng_state(sampler=sampler), log=rows,
+                            window=(sums, counts), evaluations=evals, elapsed=elapsed, env_id=env_id))
 
-    keys = LOG_KEYS[algo]
-    t0 = time.time()
-    bar = tqdm(total=steps, initial=start, desc=f"{algo} teacher", unit="upd", disable=not progress,
-               dynamic_ncols=True)
+    log_columns = ["step", "seconds", *LOG_KEYS[algo], "return_mean", "normalized_score"]
     last_score = evals[-1]["normalized_score"] if evals else None
     step = start
-    while step < steps:
-        idx = torch.randint(n_rows, (cfg.batch_size,), generator=sampler).to(device)
-        info = agent.update({k: v[idx] for k, v in tensors.items()})
-        step += 1
-        for k in keys:
-            if k in info:
-                sums[k] = sums.get(k, 0.0) + info[k]
-                counts[k] = counts.get(k, 0) + 1
-        evaluated = None
-        if eval_env is not None and (step % eval_every == 0 or step == steps):
-            evaluated = evaluate(step)
-            last_score = evaluated["normalized_score"]
-        if step % log_every == 0 or step == steps or evaluated is not None:
-            row = dict(step=step, seconds=round(elapsed_before + time.time() - t0, 3),
-                       **{k: sums[k] / counts[k] for k in counts})
-            if evaluated is not None:
-                row.update(return_mean=evaluated["return_mean"], normalized_score=evaluated["normalized_score"])
-            rows.append(row)
-            sums, counts = {}, {}
-            _write_log(out / "log.csv", algo, rows)
-        if step % checkpoint_every == 0 or step == steps:
-            save_checkpoint(step, elapsed_before + time.time() - t0)
-        if progress and (step % 50 == 0 or step == steps):
-            post = dict(loss=f"{info['critic_loss']:.3g}")
-            if last_score is not None:
-                post["score"] = f"{last_score:.1f}"
-            bar.set_postfix(post, refresh=False)
-        bar.update(1)
-    bar.close()
+    with Progress(steps, start, f"{algo} teacher", "upd", progress, elapsed_before=elapsed_before) as bar:
+        while step < steps:
+            idx = torch.randint(n_rows, (cfg.batch_size,), generator=sampler).to(device)
+            info = agent.update({k: v[idx] for k, v in tensors.items()})
+            step += 1
+            for k in LOG_KEYS[algo]:
+                if k in info:
+                    sums[k] = sums.get(k, 0.0) + info[k]
+                    counts[k] = counts.get(k, 0) + 1
+            evaluated = None
+            if eval_env is not None and (step % eval_every == 0 or step == steps):
+                evaluated = evaluate(step)
+                last_score = evaluated["normalized_score"]
+            if step % log_every == 0 or step == steps or evaluated is not None:
+                row = dict(step=step, seconds=round(bar.elapsed(), 3), **{k: sums[k] / counts[k] for k in counts})
+                if evaluated is not None:
+                    row.update(return_mean=evaluated["return_mean"], normalized_score=evaluated["normalized_score"])
+                rows.append(row)
+                sums, counts = {}, {}
+                run.write_text("log.csv", csv_text(log_columns, rows))
+            if step % checkpoint_every == 0 or step == steps:
+                save_checkpoint(step, bar.elapsed())
+            post = {}
+            if step % 50 == 0 or step == steps:
+                post["loss"] = f"{info['critic_loss']:.3g}"
+                if last_score is not None:
+                    post["score"] = f"{last_score:.1f}"
+            bar.update(1, **post)
+        train_seconds = bar.elapsed()
     if start == steps:  # resumed a finished run: nothing to train, make sure the outputs exist
         save_checkpoint(step, elapsed_before)
-        _write_log(out / "log.csv", algo, rows)
-    train_seconds = elapsed_before + time.time() - t0
+        run.write_text("log.csv", csv_text(log_columns, rows))
 
     final_eval = evals[-1] if evals and evals[-1]["step"] == steps else None
     extra = dict(evaluation=final_eval, evaluations=[{k: v for k, v in e.items() if k != "returns"} for e in evals],
                  steps=steps, seed=seed, data_source=source, data_rows=n_rows, eval_env=eval_env,
                  train_seconds=round(train_seconds, 1))
     teacher_path = save_teacher_checkpoint(out / "teacher.pt", agent, data.normalizer, env_id, extra)
-    _save_curve(out / "learning_curve.png", algo, rows, evals,
-                f"{algo} on {source or env_id or 'dataset'} (seed {seed})")
+    plots.teacher_curve(out / "learning_curve.png", rows, evals, "policy_loss" if algo == "calql" else "actor_loss",
+                        title=f"{algo} on {source or env_id or 'dataset'} (seed {seed})")
     summary = dict(algo=algo, steps=steps, seed=seed, env_id=env_id, eval_env=eval_env,
                    evaluation_skipped=skip_reason if eval_env is None else None,
                    data=dict(source=source, rows=n_rows, obs_dim=data.obs_dim, act_dim=data.act_dim),
@@ -388,7 +312,7 @@ def train_teacher(data, algo: str = "calql", out_dir="runs/teacher", steps: int 
                    best_normalized_score=max((e["normalized_score"] for e in evals), default=None),
                    train_seconds=round(train_seconds, 1), resumed_from=start if resume and start else None,
                    teacher=teacher_path.name, out_dir=str(out), config=cfg.to_dict(), batch_size=cfg.batch_size)
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=_json_default))
+    run.write_json("summary.json", summary, indent=2, default=_json_default)
     return summary
 
 
@@ -398,63 +322,12 @@ def _json_default(x):
     raise TypeError(f"not JSON serializable: {type(x).__name__}")
 
 
-# ---------------------------------------------------------------------------------- command line
-def _hidden(text: str) -> Tuple[int, ...]:
-    try:
-        widths = tuple(int(w) for w in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated widths such as 256,256, got {text!r}") from None
-    if not widths or min(widths) < 1:
-        raise argparse.ArgumentTypeError(f"widths must be positive, got {text!r}")
-    return widths
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m obd_fast.teacher.train",
-                                description="Train a Cal-QL or TD3+BC teacher on an offline dataset (resumable).")
-    p.add_argument("--data", required=True, help="bundled:NAME, a Minari dataset id, or an .hdf5/.npz file")
-    p.add_argument("--algo", choices=sorted(ALGOS), default="calql")
-    p.add_argument("--steps", type=int, default=1_000_000, help="gradient updates (default: CORL's 1M)")
-    p.add_argument("--out", required=True, help="run directory (checkpoint.pt, teacher.pt, log.csv, ...)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--eval-every", type=int, default=5000, help="updates between evaluations (0: none)")
-    p.add_argument("--eval-episodes", type=int, default=10)
-    p.add_argument("--env-id", default=None, help="environment, when the dataset does not name it")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--checkpoint-every", type=int, default=None)
-    p.add_argument("--log-every", type=int, default=None)
-    p.add_argument("--actor-hidden", type=_hidden, default=None, help="e.g. 256,256,256 (default: CORL's)")
-    p.add_argument("--critic-hidden", type=_hidden, default=None, help="e.g. 256,256 (default: CORL's)")
-    p.add_argument("--no-progress", action="store_true")
-    return p
-
-
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    config = {}
-    if args.actor_hidden:
-        config["actor_hidden"] = args.actor_hidden
-    if args.critic_hidden:
-        config["critic_hidden"] = args.critic_hidden
-    try:
-        summary = train_teacher(args.data, algo=args.algo, out_dir=args.out, steps=args.steps, seed=args.seed,
-                                resume=args.resume, eval_every=args.eval_every, eval_episodes=args.eval_episodes,
-                                env_id=args.env_id, batch_size=args.batch_size, device=args.device,
-                                progress=not args.no_progress, config=config or None,
-                                checkpoint_every=args.checkpoint_every, log_every=args.log_every, threads=args.threads)
-    except (ValueError, FileExistsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    final = summary["final_evaluation"]
-    print(json.dumps(dict(teacher=str(Path(args.out) / summary["teacher"]), steps=summary["steps"],
-                          train_seconds=summary["train_seconds"],
-                          normalized_score=None if final is None else final["normalized_score"],
-                          evaluation_skipped=summary["evaluation_skipped"]), indent=2))
-    return 0
+    """``python -m obd_fast.teacher.train``: the ``obd-fast train-teacher`` command."""
+    from ..cli import main as cli_main
+
+    return cli_main(argv, command="train-teacher", prog="python -m obd_fast.teacher.train")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())
