@@ -1,7 +1,9 @@
 #include "validate.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <limits>
 #include <sstream>
 #include <string>
 

@@ -86,20 +86,20 @@ def all_finite(t: torch.Tensor) -> bool:
 
 # -- numbers -----------------------------------------------------------------------------------
 
-def as_number(name: str, value, message: str) -> float:
-    """float(value) for a number (a 0-dim tensor too); ValueError(message) for text, booleans and
-    anything float() refuses."""
+def as_number(name: str, value) -> float:
+    """float(value) for a number (a 0-dim tensor too); text, booleans and anything float() refuses
+    are an error (its range is the op's to check)."""
     # float() would also take "0.1" or True: refuse text and booleans as steps does
     if isinstance(value, (str, bytes, bool, np.bool_)):
-        raise ValueError(message)
+        raise ValueError(f"{name} must be a number, got {value!r}")
     try:
         return float(value)
     except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of several elements
-        raise ValueError(message) from None
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
 
 
 def check_scalar(name: str, value, *, minimum: float, strict: bool, maximum: Optional[float] = None) -> float:
-    v = as_number(name, value, f"{name} must be a number, got {value!r}")
+    v = as_number(name, value)
     ok = math.isfinite(v) and (v > minimum if strict else v >= minimum) and (maximum is None or v < maximum)
     if not ok:
         rel = ">" if strict else ">="
@@ -243,10 +243,6 @@ def check_loss_args(theta, spec, obs, target, weight, noise, theta_name: str = "
 
 # -- the fused backend: what the op schemas take ---------------------------------------------------
 
-def _number(name: str, value) -> float:
-    return as_number(name, value, f"{name} must be a number, got {value!r}")
-
-
 def unroll_call_args(theta0, syn_obs, syn_act, spec, steps, lr, momentum, weight_decay, noise,
                      noise_name: str = "noise"):
     """(steps, lr, momentum, weight_decay, noise) as the ops take them; the ops check the rest."""
@@ -254,7 +250,8 @@ def unroll_call_args(theta0, syn_obs, syn_act, spec, steps, lr, momentum, weight
     for name, t in (("theta0", theta0), ("syn_obs", syn_obs), ("syn_act", syn_act)):
         check_tensor_type(name, t)
     steps = as_steps(steps)
-    lr, momentum, weight_decay = _number("lr", lr), _number("momentum", momentum), _number("weight_decay", weight_decay)
+    lr, momentum = as_number("lr", lr), as_number("momentum", momentum)
+    weight_decay = as_number("weight_decay", weight_decay)
     n = syn_obs.shape[0] if syn_obs.dim() > 0 else 0
     return steps, lr, momentum, weight_decay, stack_noise(spec, noise, steps, n, theta0, noise_name)
 

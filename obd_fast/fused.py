@@ -13,6 +13,7 @@ import, only give the defaults that :func:`kernel_options` fills in.
 from __future__ import annotations
 
 import dataclasses
+import operator
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -94,8 +95,13 @@ def kernel_options(step_kernel: Optional[str] = None, grid_blocks: Optional[int]
         chosen[field] = value
     if not isinstance(chosen["step_kernel"], str):
         raise ValueError(f"step_kernel must be one of {STEP_KERNELS}, got {chosen['step_kernel']!r}")
-    if isinstance(chosen["grid_blocks"], bool) or not isinstance(chosen["grid_blocks"], int):
-        raise ValueError(f"grid_blocks must be an int >= 0 (0: one per multiprocessor), got {chosen['grid_blocks']!r}")
+    try:
+        if isinstance(chosen["grid_blocks"], bool):
+            raise TypeError
+        chosen["grid_blocks"] = operator.index(chosen["grid_blocks"])
+    except TypeError:
+        raise ValueError("grid_blocks must be an int >= 0 (0: one per multiprocessor), "
+                         f"got {chosen['grid_blocks']!r}") from None
     if not isinstance(chosen["grid_profile"], bool):
         raise ValueError(f"grid_profile must be True or False, got {chosen['grid_profile']!r}")
     return KernelOptions(**chosen)

@@ -146,5 +146,8 @@ def policy_forward(theta: torch.Tensor, obs: torch.Tensor, spec: PolicySpec, noi
         checks.check_tensor("theta", theta, (spec.num_params,))
         checks.check_tensor("obs", obs, (None, spec.obs_dim), theta)
         return spec.forward(theta, obs, checks.outer_noise(spec, noise, obs.shape[0], theta))
-    checks.loss_call_args(theta, spec, obs, obs, None, noise)
+    checks.check_spec(spec)
+    checks.check_tensor_type("obs", obs)
+    if noise is not None:
+        checks.check_tensor_type("noise", noise)
     return fused.policy_forward(theta, obs, spec, noise)

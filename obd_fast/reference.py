@@ -113,5 +113,6 @@ def meta_gradient(theta0, syn_obs, syn_act, spec, obs, target, weight, steps, lr
         loss = bc_loss(th, spec, obs.detach(), target.detach(),
                        None if weight is None else weight.detach(), outer_noise)
         (v,) = torch.autograd.grad(loss, th)
-    d_theta0, d_obs, d_act = unroll_backward(thetas, syn_obs, syn_act, spec, lr, momentum, weight_decay, inner_noise, v)
+    d_theta0, d_obs, d_act = unroll_backward(thetas, syn_obs, syn_act, spec, lr, momentum, weight_decay, inner_noise,
+                                             v)
     return loss.detach(), d_obs, d_act, d_theta0

@@ -243,6 +243,13 @@ def test_torch_compile_fullgraph_matches_eager():
     eager, compiled = compiled_vs_eager("aot_eager")
     for e, c in zip(eager, compiled):
         assert torch.equal(e, c)
+    case = odd_case("gaussian", 4, seed=1)
+    names = ("theta0", "syn_obs", "syn_act", "spec", "obs", "target", "weight", "inner_noise", "outer_noise")
+    meta = lambda *a: obd_fast.meta_gradient(*a[:7], steps=4, lr=0.1, momentum=0.9, inner_noise=a[7],  # noqa: E731
+                                             outer_noise=a[8], return_theta0_grad=True)
+    args = [case[k] for k in names]
+    for e, c in zip(meta(*args), torch.compile(meta, fullgraph=True, backend="aot_eager")(*args)):
+        assert torch.equal(e, c)
 
 
 @pytest.mark.slow
