@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 
 from torch.utils import cpp_extension
@@ -24,8 +25,9 @@ with tempfile.TemporaryDirectory() as stub:
     os.makedirs(os.path.join(stub, "c10", "cuda", "impl"))
     open(os.path.join(stub, "c10", "cuda", "impl", "cuda_cmake_macros.h"), "w").close()
     flags = ["-std=c++20", "-fsyntax-only", "-DOBD_FAST_WITH_CUDA", f"-I{stub}", f"-I{cuda_include}"]
-    flags += [f"-I{p}" for p in cpp_extension.include_paths()]
-    sources = sorted(glob.glob("csrc/cuda/*.cpp")) + ["csrc/elementwise.cpp", "csrc/grid_step.cpp"]
+    flags += [f"-I{p}" for p in cpp_extension.include_paths()] + [f"-I{sysconfig.get_paths()['include']}"]
+    # the CUDA glue, and the device-neutral sources that declare or name CUDA code in CUDA builds
+    sources = sorted(glob.glob("csrc/cuda/*.cpp")) + ["csrc/grid_step.cpp", "csrc/ops.cpp"]
     for src in sources:
         print(f"glue syntax check: {src}", flush=True)
         subprocess.run(["g++", *flags, src], check=True)

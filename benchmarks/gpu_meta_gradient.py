@@ -5,17 +5,15 @@
 
 Prints, for each env: paper-style autograd (reference backend), a full create_graph unroll, the
 fused op with its inner steps as the grid program's cooperative kernels (the default on CUDA;
-eager and captured in a CUDA graph, on one or half a block per multiprocessor, with checkpoints,
-with SliceTiles and with KSplitTiles)
-and through the ATen path (cuBLAS;
-eager, graph, graph with tf32 and bf16 products), their ratios, the achieved TFLOP/s against the
-measured float32 GEMM rate, peak GPU memory, the implied time of 50k outer steps, and how far
-the grid program's result is from the ATen path's (a sanity check, not a test).
+eager and captured in a CUDA graph, on one or half a block per multiprocessor, with checkpoints)
+and through the ATen path (cuBLAS; eager, graph, graph with tf32 and bf16 products), their ratios,
+the achieved TFLOP/s against the measured float32 GEMM rate, peak GPU memory, the implied time of
+50k outer steps, and how far the grid program's result is from the ATen path's (a sanity check,
+not a test).
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -29,23 +27,8 @@ from benchmarks.common import (call_meta_gradient, create_graph_meta_gradient, g
                                meta_gradient_flops, paper_inputs, time_it)
 from obd_fast.graph import MetaGradientGraph  # noqa: E402
 
-GRID = dict(OBD_FAST_STEP_KERNEL="grid")
-LIBRARY = dict(OBD_FAST_STEP_KERNEL="library")
-
-
-@contextlib.contextmanager
-def settings(env: dict):
-    """The step-kernel environment variables (read by the extension at every call) for a block."""
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+GRID = dict(step_kernel="grid")
+LIBRARY = dict(step_kernel="library")
 
 
 def peak_memory(fn) -> float:
@@ -57,14 +40,13 @@ def peak_memory(fn) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
 
 
-def graph_time(d, env: dict, reps: int, precision: str = "native", checkpoint_every=None):
+def graph_time(d, kernel: dict, reps: int, precision: str = "native", checkpoint_every=None):
     """Seconds per replay of a captured meta-gradient, and its outputs."""
-    with settings(env):
-        g = MetaGradientGraph(d["spec"], 256, 2560, steps=d["steps"], lr=0.1, precision=precision,
-                              checkpoint_every=checkpoint_every)
-        out = [t.clone() for t in g(d["theta0"], d["syn_obs"], d["syn_act"], d["obs"], d["target"], d["weight"],
-                                    d["inner_noise"], d["outer_noise"])]
-        seconds = time_it(g.replay, reps=max(reps, 20), device="cuda", best=False)
+    g = MetaGradientGraph(d["spec"], 256, 2560, steps=d["steps"], lr=0.1, precision=precision,
+                          checkpoint_every=checkpoint_every, **kernel)
+    out = [t.clone() for t in g(d["theta0"], d["syn_obs"], d["syn_act"], d["obs"], d["target"], d["weight"],
+                                d["inner_noise"], d["outer_noise"])]
+    seconds = time_it(g.replay, reps=max(reps, 20), device="cuda", best=False)
     del g
     return seconds, out
 
@@ -79,34 +61,30 @@ def bench_env(env: str, steps: int, reps: int, sms: int) -> dict:
     r = {"env": env, "steps": steps, "gflop_per_step": flops / 1e9}
     r["reference_s"] = time_it(ref, reps=2, device="cuda")
     r["create_graph_s"] = time_it(unroll, reps=2, device="cuda")
-    with settings(LIBRARY):
-        r["library_eager_s"] = time_it(fused, reps=reps, device="cuda", best=False)
-        lib_out = fused()
-        r["mem_library_mb"] = peak_memory(fused)
-    with settings(GRID):
-        r["grid_eager_s"] = time_it(fused, reps=reps, device="cuda", best=False)
-        r["grid_ck10_eager_s"] = time_it(lambda: fused(checkpoint_every=10), reps=reps, device="cuda", best=False)
-        r["mem_grid_mb"] = peak_memory(fused)
-    for tiles in ("slice", "ksplit"):  # per-phase times to stderr
-        with settings(dict(GRID, OBD_FAST_GRID_TILES=tiles, OBD_FAST_GRID_PROFILE="1")):
-            print(f"# {env}: grid program with {tiles} tiles", file=sys.stderr, flush=True)
-            fused()
-    with settings(GRID):
-        r["mem_grid_ck10_mb"] = peak_memory(lambda: fused(checkpoint_every=10))
+    library = lambda **kw: fused(**LIBRARY, **kw)  # noqa: E731
+    grid = lambda **kw: fused(**GRID, **kw)  # noqa: E731
+    r["library_eager_s"] = time_it(library, reps=reps, device="cuda", best=False)
+    lib_out = library()
+    r["mem_library_mb"] = peak_memory(library)
+    r["grid_eager_s"] = time_it(grid, reps=reps, device="cuda", best=False)
+    r["grid_ck10_eager_s"] = time_it(lambda: grid(checkpoint_every=10), reps=reps, device="cuda", best=False)
+    r["mem_grid_mb"] = peak_memory(grid)
+    print(f"# {env}: grid program, time per phase", file=sys.stderr, flush=True)
+    grid(grid_profile=True)
+    r["mem_grid_ck10_mb"] = peak_memory(lambda: grid(checkpoint_every=10))
     r["mem_reference_mb"] = peak_memory(ref)
     r["mem_create_graph_mb"] = peak_memory(unroll)
     variants = [("grid_graph_s", GRID, "native", None),
-                ("grid_ksplit_graph_s", dict(GRID, OBD_FAST_GRID_TILES="ksplit"), "native", None),
-                ("grid_half_blocks_graph_s", dict(GRID, OBD_FAST_GRID_BLOCKS=str(sms // 2)), "native", None),
+                ("grid_half_blocks_graph_s", dict(GRID, grid_blocks=sms // 2), "native", None),
                 ("grid_ck10_graph_s", GRID, "native", 10), ("library_graph_s", LIBRARY, "native", None),
                 ("library_graph_tf32_s", LIBRARY, "tf32", None), ("library_graph_bf16_s", LIBRARY, "bf16", None)]
-    for name, envvars, precision, ck in variants:
+    for name, kernel, precision, ck in variants:
         try:
-            r[name], out = graph_time(d, envvars, reps, precision, ck)
+            r[name], out = graph_time(d, kernel, reps, precision, ck)
         except Exception as e:  # one variant failing must not hide the others' numbers
             print(f"# {env}: {name} failed: {type(e).__name__}: {e}", flush=True)
             r[name], out = float("nan"), None
-        if name in ("grid_graph_s", "grid_ksplit_graph_s") and out is not None:
+        if name == "grid_graph_s" and out is not None:
             r[name[:-8] + "_vs_library_rel_err"] = [((a.double() - b.double()).norm() / b.double().norm()).item()
                                                     for a, b in zip(out, lib_out)]
     best = min(v for k, v in r.items() if k.startswith("grid") and k.endswith("graph_s") and v == v)
@@ -185,8 +163,8 @@ def main(argv=None):
     print(f"# {info['device']} ({sms} SMs), torch {info['torch']}: fp32 GEMM 256^3 {gemm256 / 1e12:.2f} TFLOP/s, "
           f"4096^3 {gemm4k / 1e12:.1f} TFLOP/s")
     cols = ["reference_s", "create_graph_s", "library_eager_s", "library_graph_s", "library_graph_tf32_s",
-            "library_graph_bf16_s", "grid_eager_s", "grid_ck10_eager_s", "grid_graph_s", "grid_ksplit_graph_s",
-            "grid_half_blocks_graph_s", "grid_ck10_graph_s"]
+            "library_graph_bf16_s", "grid_eager_s", "grid_ck10_eager_s", "grid_graph_s", "grid_half_blocks_graph_s",
+            "grid_ck10_graph_s"]
     print("| env | T | " + " | ".join(c[:-2] + " ms" for c in cols) + " | best grid graph x vs reference | "
           "x vs library graph | TFLOP/s | 50k steps | mem ref / library / grid / grid ck10 MB |")
     print("|---|---|" + "---|" * (len(cols) + 5))
@@ -199,9 +177,8 @@ def main(argv=None):
                   f"{r['speedup_best_grid_graph_vs_library_graph']:.1f} | {r['tflops_best_grid_graph']:.2f} | "
                   f"{r['minutes_50k_best_grid_graph']:.1f} min | {r['mem_reference_mb']:.0f} / "
                   f"{r['mem_library_mb']:.0f} / {r['mem_grid_mb']:.0f} / {r['mem_grid_ck10_mb']:.0f} |", flush=True)
-            for key in ("grid", "grid_ksplit"):
-                print(f"# {env}: {key} vs library (float32) relative difference, loss / d_obs / d_act: "
-                      + ", ".join(f"{e:.1e}" for e in r.get(key + "_vs_library_rel_err", [])), flush=True)
+            print(f"# {env}: grid vs library (float32) relative difference, loss / d_obs / d_act: "
+                  + ", ".join(f"{e:.1e}" for e in r.get("grid_vs_library_rel_err", [])), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(info, f, indent=2)

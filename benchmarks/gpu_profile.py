@@ -1,11 +1,12 @@
 """Where the GPU time of one fused meta-gradient goes: kernels by total CUDA time, and how many
 launches each inner step makes. For planning kernel fusion (issue 7).
 
-    OBD_FAST_STEP_KERNEL=library python benchmarks/gpu_profile.py [--steps 10] [--precision native|tf32|bf16]
+    python benchmarks/gpu_profile.py [--steps 10] [--precision native|tf32|bf16] [--step-kernel library|grid|auto]
 
-With the grid program (the default on CUDA) the inner steps are two cooperative kernels per
-segment, so this table says little about them: OBD_FAST_GRID_PROFILE=1 prints their per-phase
-times instead (benchmarks/gpu_meta_gradient.py does both).
+It profiles the ATen path (--step-kernel library, the default here). With the grid program (the
+default on CUDA) the inner steps are two cooperative kernels per segment, so this table says
+little about them: grid_profile=True prints their per-phase times instead
+(benchmarks/gpu_meta_gradient.py does both).
 """
 import argparse
 import os
@@ -24,9 +25,11 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--precision", default="native")
     p.add_argument("--rows", type=int, default=25)
+    p.add_argument("--step-kernel", default="library", choices=("library", "grid", "auto"))
     args = p.parse_args(argv)
     d = paper_inputs("hopper", steps=args.steps, device="cuda")
-    run = lambda: call_meta_gradient(obd_fast.meta_gradient, d, backend="fused", precision=args.precision)  # noqa
+    run = lambda: call_meta_gradient(obd_fast.meta_gradient, d, backend="fused", precision=args.precision,  # noqa
+                                     step_kernel=args.step_kernel)
     for _ in range(3):
         run()
     torch.cuda.synchronize()

@@ -1,78 +1,14 @@
 #include "grid_step.h"
 
-#include <cstdlib>
-#include <cstring>
 #include <limits>
-#include <memory>
 #include <type_traits>
 
-#include "env.h"
 #include "grid/program.h"
 #include "head_args.h"
 
 namespace obd_fast {
 
-#ifdef OBD_FAST_WITH_CUDA
-namespace cuda {
-template <typename T>
-void grid_forward(const grid::ForwardArgs<T>& args, bool ksplit, int blocks, const at::Device& device);
-template <typename T>
-void grid_reverse(const grid::ReverseArgs<T>& args, bool ksplit, int blocks, const at::Device& device);
-}  // namespace cuda
-#endif
-
 namespace {
-
-// One block of the serial executor: its threads run one after another (last first) between the
-// barriers, each with its own Local values.
-struct SerialBlock {
-  template <typename V>
-  struct Local {
-    V v[grid::kBlockThreads];
-    V& operator()(int t) { return v[t]; }
-  };
-  template <typename F>
-  void threads(F&& f) {
-    for (int t = grid::kBlockThreads - 1; t >= 0; --t) f(t);
-  }
-  void sync() {}
-  template <typename T>
-  T* smem() {
-    return reinterpret_cast<T*>(buf);
-  }
-  alignas(16) unsigned char buf[grid::kSmemFloats * sizeof(double)];
-};
-
-// Runs each phase's block items, then its thread items, one after another and last first: an
-// item that read what another item of its phase writes would see other values than on the GPU,
-// and the CPU tests' comparison with the independent unroll would catch it.
-struct SerialExec {
-  using Block = SerialBlock;
-  Block block;
-  template <typename BlockItem, typename Item>
-  void phase(int blocks, BlockItem&& block_item, int items, Item&& item) {
-    for (int b = blocks - 1; b >= 0; --b) block_item(block, b);
-    for (int w = items - 1; w >= 0; --w) item(w);
-  }
-};
-
-// OBD_FAST_GRID_TILES: how blocks multiply their tiles (tiles.h): slice (default) or ksplit.
-bool ksplit_tiles() {
-  const std::string v = env_or("OBD_FAST_GRID_TILES", "slice");
-  TORCH_CHECK(v == "slice" || v == "ksplit", "obd_fast: OBD_FAST_GRID_TILES must be slice or ksplit, got '", v, "'");
-  return v == "ksplit";
-}
-
-#ifdef OBD_FAST_WITH_CUDA
-// OBD_FAST_GRID_BLOCKS: blocks of the cooperative kernels (0, default: one per multiprocessor).
-int grid_blocks() {
-  const std::string v = env_or("OBD_FAST_GRID_BLOCKS", "0");
-  char* end = nullptr;
-  const long b = std::strtol(v.c_str(), &end, 10);
-  TORCH_CHECK(end != v.c_str() && *end == '\0' && b >= 0, "obd_fast: OBD_FAST_GRID_BLOCKS must be an integer >= 0");
-  return static_cast<int>(b);
-}
-#endif
 
 grid::Net make_net(const Mlp& mlp) {
   grid::Net net;
@@ -84,7 +20,7 @@ grid::Net make_net(const Mlp& mlp) {
   }
   net.head_off = static_cast<int>(mlp.head_offset);
   net.P = static_cast<int>(mlp.num_params);
-  net.act = static_cast<int>(mlp.act);
+  net.act_dim = static_cast<int>(mlp.act_dim);
   net.gaussian = mlp.gaussian;
   net.max_action = mlp.max_action;
   return net;
@@ -95,8 +31,8 @@ grid::RecordLayout make_record_layout(const Mlp& mlp, const at::Tensor& slot, in
   const StepRecord rec = record_views(mlp, slot, n);
   auto off = [&](const at::Tensor& t) { return static_cast<int>(t.storage_offset() - slot.storage_offset()); };
   grid::RecordLayout r;
-  for (size_t l = 0; l < rec.act.size(); ++l) r.act[l] = off(rec.act[l]);
-  for (size_t l = 0; l < rec.grad.size(); ++l) r.grad[l] = off(rec.grad[l]);
+  for (size_t l = 0; l < rec.activations.size(); ++l) r.activations[l] = off(rec.activations[l]);
+  for (size_t l = 0; l < rec.dloss_dz.size(); ++l) r.dloss_dz[l] = off(rec.dloss_dz[l]);
   r.z_out = off(rec.z_out);
   return r;
 }
@@ -121,35 +57,20 @@ void fill_step_args(grid::StepArgs<T>& s, const Mlp& mlp, const InnerConfig& cfg
   s.t1 = static_cast<int>(t1);
 }
 
-// Runs a phase (forward_steps or reverse_steps) on the tensors' device with the chosen tiles.
+// Runs a phase sequence (forward_steps or reverse_steps) with the device's executor.
 template <typename T, template <typename> class Args>
-void execute(const Args<T>& args, const at::Device& device) {
-  constexpr bool kForward = std::is_same_v<Args<T>, grid::ForwardArgs<T>>;
-  const bool ksplit = ksplit_tiles();
-  if (device.is_cuda()) {
-#ifdef OBD_FAST_WITH_CUDA
-    if constexpr (kForward) {
-      cuda::grid_forward(args, ksplit, grid_blocks(), device);
-    } else {
-      cuda::grid_reverse(args, ksplit, grid_blocks(), device);
-    }
-    return;
-#else
-    TORCH_CHECK(false, "obd_fast was built without CUDA support; rebuild with a CUDA build of torch and nvcc");
-#endif
-  }
-  auto ex = std::make_unique<SerialExec>();
-  if constexpr (kForward) {
-    ksplit ? grid::forward_steps<T, grid::KSplitTiles>(*ex, args) : grid::forward_steps<T, grid::SliceTiles>(*ex, args);
+void execute(const Device& device, const InnerConfig& cfg, const Args<T>& args, const at::Device& where) {
+  if constexpr (std::is_same_v<Args<T>, grid::ForwardArgs<T>>) {
+    forward_executor<T>(device)(args, cfg.grid, where);
   } else {
-    ksplit ? grid::reverse_steps<T, grid::KSplitTiles>(*ex, args) : grid::reverse_steps<T, grid::SliceTiles>(*ex, args);
+    reverse_executor<T>(device)(args, cfg.grid, where);
   }
 }
 
 template <typename T>
-void forward_typed(const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& syn_obs, const at::Tensor& syn_act,
-                   const at::Tensor& noise, int64_t t0, int64_t t1, const at::Tensor& thetas,
-                   const at::Tensor& records, const at::Tensor& buf, bool last_update) {
+void forward_typed(const Device& device, const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& syn_obs,
+                   const at::Tensor& syn_act, const at::Tensor& noise, int64_t t0, int64_t t1,
+                   const at::Tensor& thetas, const at::Tensor& records, const at::Tensor& buf, bool last_update) {
   const int64_t n = syn_obs.size(0);
   grid::ForwardArgs<T> f;
   fill_step_args<T>(f, mlp, cfg, syn_obs, syn_act, noise, records, t0, t1);
@@ -158,19 +79,19 @@ void forward_typed(const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& syn
   f.buf = mut_ptr_or_null<T>(buf);
   const int64_t dots = n * mlp.widths.back() * grid::kDotSplit;
   // One allocation for the scratch: the head's terms, the split dot products, chunk sums.
-  const at::Tensor scratch = at::empty({3 * n * mlp.act + dots + 2 * grid::kSumChunks}, syn_obs.options());
+  const at::Tensor scratch = at::empty({3 * n * mlp.act_dim + dots + 2 * grid::kSumChunks}, syn_obs.options());
   f.partials = scratch.data_ptr<T>();
-  f.dots = f.partials + 3 * n * mlp.act;
+  f.dots = f.partials + 3 * n * mlp.act_dim;
   f.sums = f.dots + dots;
   f.last_update = last_update;
-  execute(f, syn_obs.device());
+  execute(device, cfg, f, syn_obs.device());
 }
 
 template <typename T>
-void reverse_typed(const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& syn_obs, const at::Tensor& syn_act,
-                   const at::Tensor& noise, int64_t t0, int64_t t1, const at::Tensor& thetas,
-                   const at::Tensor& records, const at::Tensor& a, const at::Tensor& u, const at::Tensor& d_obs,
-                   const at::Tensor& d_act) {
+void reverse_typed(const Device& device, const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& syn_obs,
+                   const at::Tensor& syn_act, const at::Tensor& noise, int64_t t0, int64_t t1,
+                   const at::Tensor& thetas, const at::Tensor& records, const at::Tensor& a, const at::Tensor& u,
+                   const at::Tensor& d_obs, const at::Tensor& d_act) {
   const int64_t n = syn_obs.size(0), L = mlp.layers();
   grid::ReverseArgs<T> r;
   fill_step_args<T>(r, mlp, cfg, syn_obs, syn_act, noise, records, t0, t1);
@@ -189,47 +110,45 @@ void reverse_typed(const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& syn
   // One allocation for the scratch: u_alt, tangents, Q, the head's terms, the split dot
   // products, chunk sums.
   const at::Tensor scratch = at::empty(
-      {mlp.num_params + 2 * tangent_total + 2 * n * mlp.act + dots + 2 * grid::kSumChunks}, syn_obs.options());
+      {mlp.num_params + 2 * tangent_total + 2 * n * mlp.act_dim + dots + 2 * grid::kSumChunks}, syn_obs.options());
   r.u_alt = scratch.data_ptr<T>();
   r.tangent = r.u_alt + mlp.num_params;
   r.q = r.tangent + tangent_total;
   r.partials = r.q + tangent_total;
-  r.dots = r.partials + 2 * n * mlp.act;
+  r.dots = r.partials + 2 * n * mlp.act_dim;
   r.sums = r.dots + dots;
-  execute(r, syn_obs.device());
+  execute(device, cfg, r, syn_obs.device());
 }
 
 }  // namespace
 
-bool use_grid_program(const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& like, int64_t n) {
-  const std::string mode = env_or("OBD_FAST_STEP_KERNEL", "auto");
-  TORCH_CHECK(mode == "auto" || mode == "grid" || mode == "library",
-              "obd_fast: OBD_FAST_STEP_KERNEL must be auto, grid or library, got '", mode, "'");
-  if (mode == "library") return false;
-  if (mode == "auto" && !like.is_cuda()) return false;
+bool use_grid_program(const Device& device, const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& like,
+                      int64_t n) {
+  if (cfg.step_kernel == StepKernel::kLibrary) return false;
+  if (cfg.step_kernel == StepKernel::kAuto && device.host) return false;
   // (The program reads the last hidden layer's tangent, so it needs L >= 2, as Mlp does.)
   const bool fits = mlp.layers() >= 2 && mlp.layers() <= grid::kMaxLayers &&
                     n * (2 * mlp.hidden_total() + 2 * mlp.widths.back()) < std::numeric_limits<int>::max() &&
                     mlp.num_params < std::numeric_limits<int>::max() / 2;
-  return fits && cfg.precision == Precision::kNative && !cfg.compact_records &&
+  return fits && cfg.precision != Precision::kBF16 && !cfg.compact_records &&
          (like.scalar_type() == at::kFloat || like.scalar_type() == at::kDouble);
 }
 
-void grid_forward_segment(const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& syn_obs,
+void grid_forward_segment(const Device& device, const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& syn_obs,
                           const at::Tensor& syn_act, const at::Tensor& noise, int64_t t0, int64_t t1,
                           const at::Tensor& thetas, const at::Tensor& records, const at::Tensor& buf,
                           bool last_update) {
   AT_DISPATCH_FLOATING_TYPES(syn_obs.scalar_type(), "obd_fast_grid_forward", [&] {
-    forward_typed<scalar_t>(mlp, cfg, syn_obs, syn_act, noise, t0, t1, thetas, records, buf, last_update);
+    forward_typed<scalar_t>(device, mlp, cfg, syn_obs, syn_act, noise, t0, t1, thetas, records, buf, last_update);
   });
 }
 
-void grid_reverse_segment(const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& syn_obs,
+void grid_reverse_segment(const Device& device, const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& syn_obs,
                           const at::Tensor& syn_act, const at::Tensor& noise, int64_t t0, int64_t t1,
                           const at::Tensor& thetas, const at::Tensor& records, const at::Tensor& a,
                           const at::Tensor& u, const at::Tensor& d_obs, const at::Tensor& d_act) {
   AT_DISPATCH_FLOATING_TYPES(syn_obs.scalar_type(), "obd_fast_grid_reverse", [&] {
-    reverse_typed<scalar_t>(mlp, cfg, syn_obs, syn_act, noise, t0, t1, thetas, records, a, u, d_obs, d_act);
+    reverse_typed<scalar_t>(device, mlp, cfg, syn_obs, syn_act, noise, t0, t1, thetas, records, a, u, d_obs, d_act);
   });
 }
 

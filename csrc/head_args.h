@@ -27,7 +27,7 @@ head::HeadArgs<T> make_head_args(const HeadInputs& in) {
   a.max_action = static_cast<T>(in.max_action);
   a.scale = static_cast<T>(in.scale);
   a.n = in.z.size(0);
-  a.act = in.act;
+  a.act_dim = in.act_dim;
   a.out = in.z.size(1);
   return a;
 }

@@ -1,22 +1,19 @@
 // Per-element math of the policy head and the weighted BC loss: value, first derivatives and the
 // Hessian-vector terms. Included by the CPU loops and the CUDA kernels alike, so the CPU tests
-// check the same code the GPU runs. No torch, no CUDA runtime: plain inline functions.
+// check the same code the GPU runs. No torch, no CUDA runtime: plain inline functions. The inner
+// optimizer's step and its adjoint are in sgd_math.h.
 //
 // One element (row i, action j) of the gaussian head:
-//   mu = z[i, j], lam = z[i, act + j], s = m * lam + o, sigma = exp(clamp(s, -20, 2)),
+//   mu = z[i, j], lam = z[i, act_dim + j], s = m * lam + o, sigma = exp(clamp(s, -20, 2)),
 //   u = mu + sigma * eps, y = max_action * tanh(u), loss term c_i * (y - target)^2
-// with c_i = weight_i / (n * act). The tanh head is the same with sigma * eps = 0 and no lam.
+// with c_i = weight_i / (n * act_dim). The tanh head is the same with sigma * eps = 0 and no lam.
 // A deterministic gaussian head (no noise) is eps = 0: tanh(mean), no gradient to lam, m, o.
 #pragma once
 
 #include <cstdint>
 #include <math.h>
 
-#if defined(__CUDACC__)
-#define OBD_HD __host__ __device__ __forceinline__
-#else
-#define OBD_HD inline
-#endif
+#include "host_device.h"
 
 namespace obd_fast {
 namespace head {
@@ -33,13 +30,13 @@ OBD_HD double fast_exp(double x) { return exp(x); }
 template <typename T>
 struct HeadArgs {
   const T* z;        // (n, out) last Linear layer's output
-  const T* target;   // (n, act)
-  const T* noise;    // (n, act), null: deterministic action
+  const T* target;   // (n, act_dim)
+  const T* noise;    // (n, act_dim), null: deterministic action
   const T* weight;   // (n,), null: all ones
   const T* scalars;  // {log_std_multiplier, log_std_offset} inside theta; null for the tanh head
   T max_action;
-  T scale;           // 1 / (n * act)
-  int64_t n, act, out;
+  T scale;           // 1 / (n * act_dim)
+  int64_t n, act_dim, out;
 };
 
 // Everything the derivatives need at one element.
@@ -72,14 +69,14 @@ struct HeadTrig {
 // s = m * lam + o, the log_std before the clamp (gaussian head).
 template <typename T>
 OBD_HD T head_log_std(const HeadArgs<T>& a, int64_t i, int64_t j) {
-  return a.scalars[0] * a.z[i * a.out + a.act + j] + a.scalars[1];
+  return a.scalars[0] * a.z[i * a.out + a.act_dim + j] + a.scalars[1];
 }
 
 template <typename T>
 OBD_HD HeadTrig<T> head_trig(const HeadArgs<T>& a, int64_t i, int64_t j) {
   HeadTrig<T> t{T(0), T(0)};
   if (a.scalars != nullptr && a.noise != nullptr) {
-    t.sigma_eps = fast_exp(clamp_log_std(head_log_std(a, i, j))) * a.noise[i * a.act + j];
+    t.sigma_eps = fast_exp(clamp_log_std(head_log_std(a, i, j))) * a.noise[i * a.act_dim + j];
   }
   t.th = fast_tanh(a.z[i * a.out + j] + t.sigma_eps);
   return t;
@@ -92,7 +89,7 @@ OBD_HD HeadPoint<T> head_point(const HeadArgs<T>& a, int64_t i, int64_t j, const
   p.m = T(0);
   p.lam = T(0);
   if (a.scalars != nullptr) {
-    p.lam = a.z[i * a.out + a.act + j];
+    p.lam = a.z[i * a.out + a.act_dim + j];
     p.m = a.scalars[0];
     if (a.noise != nullptr) {
       const T s = head_log_std(a, i, j);
@@ -106,31 +103,31 @@ OBD_HD HeadPoint<T> head_point(const HeadArgs<T>& a, int64_t i, int64_t j, const
   p.yp = a.max_action * sech2;
   p.ypp = T(-2) * a.max_action * th * sech2;
   p.c = a.scale * (a.weight != nullptr ? a.weight[i] : T(1));
-  p.diff = a.max_action * th - a.target[i * a.act + j];
+  p.diff = a.max_action * th - a.target[i * a.act_dim + j];
   p.r = T(2) * p.c * p.diff;
   return p;
 }
 
-// Outputs of the first-order pass at one element (index idx = i * act + j).
+// Outputs of the first-order pass at one element (index idx = i * act_dim + j).
 template <typename T>
 struct GradOut {
   T* grad_z;     // (n, out): dloss/dz
-  T* partials;   // (3, n * act): loss term, dloss/dm term, dloss/do term (summed afterwards)
-  T* d_target;   // (n, act) or null
-  T* sq;         // (n, act) or null: scale * diff^2, the loss per unit weight
+  T* partials;   // (3, n * act_dim): loss term, dloss/dm term, dloss/do term (summed afterwards)
+  T* d_target;   // (n, act_dim) or null
+  T* sq;         // (n, act_dim) or null: scale * diff^2, the loss per unit weight
 };
 
 // t: head_trig(a, i, j), computed here unless the caller has it.
 template <typename T>
 OBD_HD void head_grad_element(const HeadArgs<T>& a, const GradOut<T>& o, int64_t idx, const HeadTrig<T>* t = nullptr) {
-  const int64_t i = idx / a.act, j = idx - (idx / a.act) * a.act;
+  const int64_t i = idx / a.act_dim, j = idx - (idx / a.act_dim) * a.act_dim;
   const HeadPoint<T> p = head_point(a, i, j, t != nullptr ? *t : head_trig(a, i, j));
-  const int64_t total = a.n * a.act;
+  const int64_t total = a.n * a.act_dim;
   const T g_u = p.r * p.yp;
   o.grad_z[i * a.out + j] = g_u;
   o.partials[idx] = p.c * p.diff * p.diff;
   if (a.scalars != nullptr) {
-    o.grad_z[i * a.out + a.act + j] = g_u * p.rho * p.m;
+    o.grad_z[i * a.out + a.act_dim + j] = g_u * p.rho * p.m;
     o.partials[total + idx] = g_u * p.rho * p.lam;
     o.partials[2 * total + idx] = g_u * p.rho;
   } else {
@@ -152,26 +149,26 @@ struct HvpArgs {
 template <typename T>
 struct HvpOut {
   T* q;           // (n, out): dphi/dz, the Q stream entering the last layer
-  T* partials;    // (2, n * act): dphi/dm term, dphi/do term
-  T* d_target;    // (n, act) accumulated (+=) dphi/dtarget, or null
+  T* partials;    // (2, n * act_dim): dphi/dm term, dphi/do term
+  T* d_target;    // (n, act_dim) accumulated (+=) dphi/dtarget, or null
 };
 
 template <typename T>
 OBD_HD void head_hvp_element(const HeadArgs<T>& a, const HvpArgs<T>& h, const HvpOut<T>& o, int64_t idx,
                              const HeadTrig<T>* t = nullptr) {
-  const int64_t i = idx / a.act, j = idx - (idx / a.act) * a.act;
+  const int64_t i = idx / a.act_dim, j = idx - (idx / a.act_dim) * a.act_dim;
   const HeadPoint<T> p = head_point(a, i, j, t != nullptr ? *t : head_trig(a, i, j));
-  const int64_t total = a.n * a.act;
+  const int64_t total = a.n * a.act_dim;
   const T g_u = p.r * p.yp;                                 // dloss/du
   const T h_uu = T(2) * p.c * p.yp * p.yp + p.r * p.ypp;    // d2loss/du2
   const T mudot = h.zdot[i * a.out + j];
   if (a.scalars != nullptr) {
-    const T lamdot = h.zdot[i * a.out + a.act + j];
+    const T lamdot = h.zdot[i * a.out + a.act_dim + j];
     const T dm = h.dir_scalars[0], d_o = h.dir_scalars[1];
     const T sdot = p.m * lamdot + p.lam * dm + d_o;       // tangent of s = m * lam + o
     const T udot = mudot + p.rho * sdot;
     o.q[i * a.out + j] = h_uu * udot;
-    o.q[i * a.out + a.act + j] = h_uu * p.rho * p.m * udot + g_u * p.rho * (p.m * sdot + dm);
+    o.q[i * a.out + a.act_dim + j] = h_uu * p.rho * p.m * udot + g_u * p.rho * (p.m * sdot + dm);
     o.partials[idx] = h_uu * p.rho * p.lam * udot + g_u * p.rho * (p.lam * sdot + lamdot);
     o.partials[total + idx] = h_uu * p.rho * udot + g_u * p.rho * sdot;
     if (o.d_target != nullptr) o.d_target[idx] += T(-2) * p.c * p.yp * udot;
@@ -187,40 +184,6 @@ OBD_HD void head_hvp_element(const HeadArgs<T>& a, const HvpArgs<T>& h, const Hv
 template <typename T>
 OBD_HD T head_action(const HeadArgs<T>& a, int64_t i, int64_t j) {
   return a.max_action * head_trig(a, i, j).th;
-}
-
-// One SGD step as torch.optim.SGD (no dampening, no Nesterov): g = grad + wd * theta,
-// buf = momentum * buf + g (buf starts at zero), theta_next = theta - lr * buf. Returns
-// theta_next; buf_k (null without momentum) is updated.
-template <typename T>
-OBD_HD T sgd_update(T theta, T grad, T* buf_k, T lr, T momentum, T weight_decay) {
-  T g = grad + weight_decay * theta;
-  if (buf_k != nullptr) {
-    g = momentum * *buf_k + g;
-    *buf_k = g;
-  }
-  return theta - lr * g;
-}
-
-template <typename T>
-OBD_HD void sgd_element(const T* theta, const T* grad, T* buf, T* theta_next, T lr, T momentum, T weight_decay,
-                        int64_t k) {
-  theta_next[k] = sgd_update(theta[k], grad[k], buf != nullptr ? buf + k : nullptr, lr, momentum, weight_decay);
-}
-
-// One step of the reverse phase's adjoint recursion, fused: with u = u_t (the adjoint of step t's
-// update direction) and hu = H_t u_t, a_t = a_{t+1} + hu + weight_decay * u, then the next
-// direction u_{t-1} = momentum * u_t - lr * a_t. Updates *a_k, returns u_{t-1}.
-template <typename T>
-OBD_HD T adjoint_update(T* a_k, T hu, T u, T lr, T momentum, T weight_decay) {
-  const T a_new = *a_k + hu + weight_decay * u;
-  *a_k = a_new;
-  return momentum * u - lr * a_new;
-}
-
-template <typename T>
-OBD_HD void adjoint_element(T* a, const T* hu, T* u, T lr, T momentum, T weight_decay, int64_t k) {
-  u[k] = adjoint_update(a + k, hu[k], u[k], lr, momentum, weight_decay);
 }
 
 }  // namespace head

@@ -1,23 +1,28 @@
 // The policy MLP over a flat parameter vector, and its three passes on ATen tensors:
 // forward + backward (the inner gradient, keeping activations), and the Hessian-vector pass of
-// DESIGN.md's "reverse pass, by hand". Written against ATen only, so the same code drives CPU
-// tensors (MKL/oneDNN products) and CUDA tensors (cuBLAS products).
+// the reverse phase (docs/design.md: the reverse pass by hand). Written against ATen and the
+// Device table (device.h), so the same code drives CPU tensors (MKL/oneDNN products, the CPU
+// loops) and CUDA tensors (cuBLAS products, the CUDA kernels).
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <vector>
 
-#include "elementwise.h"
+#include "device.h"
 
 namespace obd_fast {
 
-enum class Precision : int64_t { kNative = 0, kBF16 = 1 };
+// The matrix products' precision. kTF32 is kNative for this code: cuBLAS picks TF32 tensor-core
+// kernels for float32 products while the op call allows it (the CUDA device's begin_call).
+enum class Precision { kNative, kBF16, kTF32 };
 
 // Matrix products with an optional bf16 operand precision (float32 accumulation and outputs).
 struct Gemm {
-  explicit Gemm(Precision p = Precision::kNative) : precision(p) {}
+  // host: CPU tensors, whose products may use the CPU epilogue loops (cpu::store_product).
+  Gemm(Precision p, bool host_memory) : precision(p), host(host_memory) {}
   Precision precision = Precision::kNative;
+  bool host = false;
   // The form of t the products read: t itself, or its bf16 copy. Passes convert each tensor once
   // and reuse it in every product that reads it.
   at::Tensor operand(const at::Tensor& t) const;
@@ -26,21 +31,20 @@ struct Gemm {
   // out = bias + a @ b, then ReLU when relu (one cuBLASLt call with a fused epilogue on CUDA).
   void with_bias(const at::Tensor& out, const at::Tensor& bias, const at::Tensor& a, const at::Tensor& b,
                  bool relu = false) const;
-  // a @ b in the operands' precision, into a buffer reused by every product of this Gemm: a fresh
-  // result per product cost ~5% of a CPU bf16 step in malloc/free and page faults. The result
-  // lives until the next product.
+  // a @ b in the operands' precision, into a buffer reused by every product of this Gemm (no
+  // allocation per product). The result lives until the next product.
   at::Tensor product(const at::Tensor& a, const at::Tensor& b) const;
 
  private:
   mutable at::Tensor scratch_;
 };
 
-// Layer shapes and offsets into theta (DESIGN.md's flat layout).
+// Layer shapes and offsets into theta (docs/design.md: the flat layout).
 struct Mlp {
   std::vector<int64_t> widths;  // obs_dim, hidden..., out_dim
   bool gaussian = true;
   double max_action = 1.0;
-  int64_t act = 0;
+  int64_t act_dim = 0;  // action dimension
   std::vector<int64_t> weight_offset, bias_offset;
   int64_t head_offset = 0, num_params = 0;
 
@@ -55,14 +59,14 @@ struct Mlp {
   int64_t record_size(int64_t n, bool compact = false) const;
 };
 
-// Views into one step's slot of the tape. A compact record (bf16 products on the CPU) keeps act
-// and grad in bf16: exactly the operands the products read, at half the memory traffic. Its own
-// passes (loss_grad_compact, hessian_vector_paired in mlp.cpp) write them from the products'
-// epilogues; only the last layer's dloss/dz is also computed in float32 (the head's).
+// Views into one step's slot of the tape. A compact record (bf16 products on the CPU) keeps the
+// activations and dloss/dz in bf16: exactly the operands the products read, at half the memory
+// traffic. Its own passes (loss_grad_compact, hessian_vector_paired in mlp.cpp) write them from
+// the products' epilogues; only the last layer's dloss/dz is also computed in float32 (the head's).
 struct StepRecord {
-  std::vector<at::Tensor> act;   // A_l, l = 1 .. L-1, (n, hidden_l) post-ReLU
-  std::vector<at::Tensor> grad;  // P_l, l = 1 .. L, (n, width_l) dloss/dz_l
-  at::Tensor z_out;              // (n, out) last layer's output, always in the tape's dtype
+  std::vector<at::Tensor> activations;  // A_l, l = 1 .. L-1, (n, hidden_l) post-ReLU
+  std::vector<at::Tensor> dloss_dz;     // P_l, l = 1 .. L, (n, width_l) dloss/dz_l
+  at::Tensor z_out;                     // (n, out) last layer's output, always in the tape's dtype
   bool compact = false;
 };
 StepRecord record_views(const Mlp& mlp, const at::Tensor& slot, int64_t n, bool compact = false);
@@ -70,31 +74,32 @@ StepRecord record_views(const Mlp& mlp, const at::Tensor& slot, int64_t n, bool 
 // The per-row data of one loss evaluation.
 struct LossBatch {
   at::Tensor obs;     // (n, obs_dim)
-  at::Tensor target;  // (n, act)
-  at::Tensor noise;   // (n, act) or undefined
+  at::Tensor target;  // (n, act_dim)
+  at::Tensor noise;   // (n, act_dim) or undefined
   at::Tensor weight;  // (n,) or undefined
 };
 
-// Scratch buffers for n rows, allocated once per op call.
+// What the passes of one op call share: the device's kernels and scratch buffers for n rows.
 struct Workspace {
+  const Device& device;
   std::vector<at::Tensor> tangent;  // Zdot_l / Adot_l, (n, width_l)
   std::vector<at::Tensor> q;        // Q_l, (n, width_l)
-  at::Tensor partials;              // (3, n * act)
-  Workspace(const Mlp& mlp, int64_t n, const at::TensorOptions& opts);
+  at::Tensor partials;              // (3, n * act_dim)
+  Workspace(const Device& device, const Mlp& mlp, int64_t n, const at::TensorOptions& opts);
 
   // bf16 operands of the paired Hessian-vector products (compact records), made on first use.
   struct Pairs {
-    std::vector<at::Tensor> act;   // [A_l | Adot_l], (n, 2 width_l), hidden layers
-    std::vector<at::Tensor> dz;    // [Q_l | P_l], (n, 2 width_l), every layer
-    std::vector<at::Tensor> cols;  // [U_l | W_l], (width_l, 2 width_{l-1}); undefined for the first layer
-    std::vector<at::Tensor> rows;  // [W_l ; U_l], (2 width_l, width_{l-1})
+    std::vector<at::Tensor> activations;  // [A_l | Adot_l], (n, 2 width_l), hidden layers
+    std::vector<at::Tensor> dz;           // [Q_l | P_l], (n, 2 width_l), every layer
+    std::vector<at::Tensor> cols;         // [U_l | W_l], (width_l, 2 width_{l-1}); undefined for the first layer
+    std::vector<at::Tensor> rows;         // [W_l ; U_l], (2 width_l, width_{l-1})
   };
   Pairs& pairs(const Mlp& mlp);
   // obs in the products' precision: every inner step reads the same synthetic observations, so a
   // bf16 copy is made once per op call (again only if obs changes: other tensor or version).
   const at::Tensor& obs_operand(const Gemm& mm, const at::Tensor& obs);
-  // theta's bf16 copy for compact passes, in a buffer kept for the op call (a fresh ~0.3 MB
-  // tensor per step was an mmap and its page faults).
+  // theta's bf16 copy for compact passes, in a buffer kept for the op call (no allocation per
+  // step).
   const at::Tensor& theta_bf16(const at::Tensor& theta);
 
  private:

@@ -1,9 +1,9 @@
 // Host memory reused by the tapes of successive meta_gradient calls.
 //
-// At the paper setting the tape is ~200 MB. Allocated fresh, the kernel maps and zeroes it page
-// by page on every call (~50k page faults, ~10% of a CPU step); a pooled buffer is written over
-// in place instead. The outer loss's record (~8 MB for 2560 rows) comes from here too. CUDA needs
-// none of this: its caching allocator already reuses memory.
+// At the paper setting the tape is ~200 MB. Allocated fresh, the kernel would map and zero it
+// page by page on every call; a pooled buffer is written over in place instead. The outer loss's
+// record comes from here too. CUDA needs none of this: its caching allocator already reuses
+// memory.
 #pragma once
 
 #include <ATen/ATen.h>

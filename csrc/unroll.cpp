@@ -18,8 +18,8 @@ void run_segment(const Mlp& mlp, const Gemm& mm, const InnerConfig& cfg, const a
                  const at::Tensor& records, const at::Tensor& buf, const at::Tensor& grad, Workspace& ws,
                  bool last_update = true) {
   const int64_t n = syn_obs.size(0);
-  if (use_grid_program(mlp, cfg, syn_obs, n)) {
-    grid_forward_segment(mlp, cfg, syn_obs, syn_act, noise, t0, t1, thetas, records, buf, last_update);
+  if (use_grid_program(ws.device, mlp, cfg, syn_obs, n)) {
+    grid_forward_segment(ws.device, mlp, cfg, syn_obs, syn_act, noise, t0, t1, thetas, records, buf, last_update);
     return;
   }
   for (int64_t t = t0; t < t1; ++t) {
@@ -28,7 +28,7 @@ void run_segment(const Mlp& mlp, const Gemm& mm, const InnerConfig& cfg, const a
     const at::Tensor theta = thetas.select(0, k);
     const bool update = last_update || t + 1 < t1;
     loss_grad(mlp, mm, theta, inner_batch(syn_obs, syn_act, noise, t), rec, update ? grad : at::Tensor(), ws);
-    if (update) sgd_step(theta, grad, buf, thetas.select(0, k + 1), cfg.lr, cfg.momentum, cfg.weight_decay);
+    if (update) ws.device.sgd_step(theta, grad, buf, thetas.select(0, k + 1), cfg.lr, cfg.momentum, cfg.weight_decay);
   }
 }
 
@@ -46,9 +46,9 @@ void reverse_segment(const Mlp& mlp, const Gemm& mm, const InnerConfig& cfg, con
                      const at::Tensor& syn_act, const at::Tensor& noise, int64_t t0, int64_t t1,
                      const at::Tensor& thetas, const at::Tensor& records, Adjoint& adj, Workspace& ws) {
   const int64_t n = syn_obs.size(0);
-  if (use_grid_program(mlp, cfg, syn_obs, n)) {
-    grid_reverse_segment(mlp, cfg, syn_obs, syn_act, noise, t0, t1, thetas, records, adj.theta, adj.u, adj.d_obs,
-                         adj.d_act);
+  if (use_grid_program(ws.device, mlp, cfg, syn_obs, n)) {
+    grid_reverse_segment(ws.device, mlp, cfg, syn_obs, syn_act, noise, t0, t1, thetas, records, adj.theta, adj.u,
+                         adj.d_obs, adj.d_act);
     return;
   }
   for (int64_t t = t1 - 1; t >= t0; --t) {
@@ -57,7 +57,7 @@ void reverse_segment(const Mlp& mlp, const Gemm& mm, const InnerConfig& cfg, con
     hessian_vector(mlp, mm, thetas.select(0, k), adj.u, inner_batch(syn_obs, syn_act, noise, t), rec, adj.hu,
                    adj.d_obs, adj.d_act, ws);
     // a_t = a_{t+1} + (H_t + weight_decay) u_t, then u_{t-1} = momentum * u_t - lr * a_t.
-    adjoint_step(adj.theta, adj.hu, adj.u, cfg.lr, cfg.momentum, cfg.weight_decay);
+    ws.device.adjoint_step(adj.theta, adj.hu, adj.u, cfg.lr, cfg.momentum, cfg.weight_decay);
   }
 }
 
@@ -75,14 +75,14 @@ int64_t tape_numel(const Mlp& mlp, const InnerConfig& cfg, int64_t n) {
   return thetas_span(mlp, cfg) + cfg.steps * mlp.record_size(n, cfg.compact_records);
 }
 
-UnrollTape unroll_forward(const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& theta0, const at::Tensor& syn_obs,
-                          const at::Tensor& syn_act, const at::Tensor& noise, const at::Tensor& storage,
-                          bool keep_last_segment) {
+UnrollTape unroll_forward(const Device& device, const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& theta0,
+                          const at::Tensor& syn_obs, const at::Tensor& syn_act, const at::Tensor& noise,
+                          const at::Tensor& storage, bool keep_last_segment) {
   const auto opts = theta0.options();
   const int64_t P = mlp.num_params, n = syn_obs.size(0), R = mlp.record_size(n, cfg.compact_records),
                 T = cfg.steps;
-  const Gemm mm{cfg.precision};
-  Workspace ws(mlp, n, opts);
+  const Gemm mm{cfg.precision, device.host};
+  Workspace ws(device, mlp, n, opts);
   at::Tensor grad = at::empty({P}, opts);
   at::Tensor buf = cfg.momentum != 0.0 ? at::zeros({P}, opts) : at::Tensor();
   UnrollTape tape;
@@ -128,14 +128,15 @@ UnrollTape unroll_forward(const Mlp& mlp, const InnerConfig& cfg, const at::Tens
   return tape;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> unroll_backward(const Mlp& mlp, const InnerConfig& cfg,
-                                                               const UnrollTape& tape, const at::Tensor& syn_obs,
-                                                               const at::Tensor& syn_act, const at::Tensor& noise,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> unroll_backward(const Device& device, const Mlp& mlp,
+                                                               const InnerConfig& cfg, const UnrollTape& tape,
+                                                               const at::Tensor& syn_obs, const at::Tensor& syn_act,
+                                                               const at::Tensor& noise,
                                                                const at::Tensor& grad_theta_T) {
   const auto opts = syn_obs.options();
   const int64_t P = mlp.num_params, n = syn_obs.size(0), T = cfg.steps;
-  const Gemm mm{cfg.precision};
-  Workspace ws(mlp, n, opts);
+  const Gemm mm{cfg.precision, device.host};
+  Workspace ws(device, mlp, n, opts);
   Adjoint adj;
   adj.theta = grad_theta_T.clone();
   adj.u = grad_theta_T * (-cfg.lr);

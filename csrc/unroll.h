@@ -8,12 +8,17 @@
 
 namespace obd_fast {
 
+// Which code runs the inner steps (grid_step.h's use_grid_program).
+enum class StepKernel { kAuto, kGrid, kLibrary };
+
 struct InnerConfig {
   int64_t steps = 1;
   double lr = 0.1, momentum = 0.0, weight_decay = 0.0;
   int64_t checkpoint_every = 0;  // 0: keep every step's activations; k: keep theta every k steps
   Precision precision = Precision::kNative;
   bool compact_records = false;  // records of bf16 operands (StepRecord::compact): bf16 on the CPU
+  StepKernel step_kernel = StepKernel::kAuto;
+  GridLaunch grid;
   bool keep_all() const { return checkpoint_every == 0; }
   int64_t checkpoints() const { return (steps + checkpoint_every - 1) / checkpoint_every; }
 };
@@ -39,14 +44,15 @@ int64_t tape_numel(const Mlp& mlp, const InnerConfig& cfg, int64_t n);
 // That costs no peak memory where the reverse pass follows in the same call (it needs a
 // segment's buffers anyway), but holds them between the phases: meta_gradient uses it, the
 // autograd op does not.
-UnrollTape unroll_forward(const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& theta0, const at::Tensor& syn_obs,
-                          const at::Tensor& syn_act, const at::Tensor& noise, const at::Tensor& storage = {},
-                          bool keep_last_segment = false);
+UnrollTape unroll_forward(const Device& device, const Mlp& mlp, const InnerConfig& cfg, const at::Tensor& theta0,
+                          const at::Tensor& syn_obs, const at::Tensor& syn_act, const at::Tensor& noise,
+                          const at::Tensor& storage = {}, bool keep_last_segment = false);
 
 // (d theta_0, d syn_obs, d syn_act) of <grad_theta_T, theta_T>.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> unroll_backward(const Mlp& mlp, const InnerConfig& cfg,
-                                                               const UnrollTape& tape, const at::Tensor& syn_obs,
-                                                               const at::Tensor& syn_act, const at::Tensor& noise,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> unroll_backward(const Device& device, const Mlp& mlp,
+                                                               const InnerConfig& cfg, const UnrollTape& tape,
+                                                               const at::Tensor& syn_obs, const at::Tensor& syn_act,
+                                                               const at::Tensor& noise,
                                                                const at::Tensor& grad_theta_T);
 
 }  // namespace obd_fast

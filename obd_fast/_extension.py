@@ -7,8 +7,10 @@ from typing import Optional
 import torch
 
 _load_error: Optional[str] = None
+_build = ""
 try:
     from . import _C  # noqa: F401  (importing registers the torch.ops.obd_fast ops)
+    _build = torch.ops.obd_fast.build_info()  # asked once: traced code reads the constant
 except Exception as exc:  # ImportError, or an undefined symbol from a torch version mismatch
     _load_error = f"{type(exc).__name__}: {exc}"
 
@@ -23,7 +25,7 @@ def build_info() -> str:
     """"cpu" or "cpu+cuda" when loaded, else why not."""
     if _load_error is not None:
         return f"unavailable ({_load_error})"
-    return torch.ops.obd_fast.build_info()
+    return _build
 
 
 def cached_tape_bytes() -> int:
@@ -36,19 +38,21 @@ def empty_cache() -> None:
     """Frees the host memory kept for fused CPU tapes (like ``torch.cuda.empty_cache`` for CUDA).
 
     A fused CPU ``meta_gradient`` keeps its tape (~200 MB at the paper setting) and its outer-loss
-    record (~8 MB) for the next call:
-    reusing the same pages saves the kernel mapping and zeroing them every call (~10% of a step).
+    record for the next call, which then writes over the same pages instead of having the kernel
+    map and zero new ones.
     """
     if _load_error is None:
         torch.ops.obd_fast.release_tape_pool()
 
 
 def supports(device: torch.device) -> bool:
+    """Whether the compiled ops take tensors on this device (meta tensors: shapes only, through
+    their fake implementations in obd_fast.fused)."""
     if _load_error is not None:
         return False
-    if device.type == "cpu":
+    if device.type in ("cpu", "meta"):
         return True
-    return device.type == "cuda" and "cuda" in torch.ops.obd_fast.build_info()
+    return device.type == "cuda" and "cuda" in _build
 
 
 def unavailable_reason(device: torch.device) -> str:

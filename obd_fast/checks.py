@@ -1,4 +1,11 @@
-"""Input validation shared by every backend: one place that says what the core ops accept.
+"""What the core ops accept, on the Python side of each backend.
+
+The fused backend's compiled ops check their arguments themselves (csrc/validate.cpp); for them
+this module only turns Python arguments into what an op schema takes (the ``*_call_args``
+functions): tensors (not lists, arrays or sparse tensors), ints and floats (not strings or
+booleans), the inner noise as one tensor. The reference backend has no such ops:
+:func:`check_unroll_args` and :func:`check_loss_args` state the same rules, in the same words,
+for it (tests/test_properties_ops.py checks that both backends give the same message).
 
 Every failure is a ``ValueError`` that names the argument and what was expected.
 """
@@ -16,6 +23,7 @@ from .policy import PolicySpec
 FLOAT_DTYPES = (torch.float32, torch.float64)
 BACKENDS = ("auto", "fused", "reference")
 PRECISIONS = ("native", "bf16", "tf32")
+INT64_MAX = 2**63 - 1
 
 NoiseArg = Union[None, torch.Tensor, Sequence[torch.Tensor]]
 
@@ -25,15 +33,18 @@ def check_spec(spec) -> None:
         raise ValueError(f"spec must be an obd_fast.PolicySpec, got {type(spec).__name__}")
 
 
-def check_tensor(name: str, t, shape, like: Optional[torch.Tensor] = None, check_finite: bool = True,
-                 like_name: str = "theta") -> None:
-    """``shape`` entries of None accept any size; ``like`` (named ``like_name``) fixes dtype and device."""
+def check_tensor_type(name: str, t) -> None:
+    """A dense torch.Tensor (what an op schema's Tensor takes)."""
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.layout != torch.strided:
         raise ValueError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
-    if t.device.type == "meta":
-        raise ValueError(f"{name} is on the meta device (it holds no data)")
+
+
+def check_tensor(name: str, t, shape, like: Optional[torch.Tensor] = None, check_finite: bool = True,
+                 like_name: str = "theta") -> None:
+    """``shape`` entries of None accept any size; ``like`` (named ``like_name``) fixes dtype and device."""
+    check_tensor_type(name, t)
     if t.dtype not in FLOAT_DTYPES:
         raise ValueError(f"{name} must be float32 or float64, got {t.dtype}")
     if t.dim() != len(shape) or any(s is not None and s != d for s, d in zip(shape, t.shape)):
@@ -48,9 +59,19 @@ def check_tensor(name: str, t, shape, like: Optional[torch.Tensor] = None, check
         if t.device != like.device:
             raise ValueError(f"{name} is on {t.device} but {like_name} is on {like.device}; "
                              "all tensors must be on one device")
-    if check_finite and not all_finite(t):
+    if check_finite and holds_values(t) and not all_finite(t):
         bad = int((~torch.isfinite(t)).sum())
         raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or Inf)")
+
+
+def holds_values(t: torch.Tensor) -> bool:
+    """Whether t's values can be read now: not a meta or fake tensor, not while torch.compile traces
+    (the finite checks are skipped there; the compiled ops check in their kernels)."""
+    if t.device.type == "meta" or torch.compiler.is_compiling():
+        return False
+    from torch._subclasses.fake_tensor import is_fake
+
+    return not is_fake(t)
 
 
 def all_finite(t: torch.Tensor) -> bool:
@@ -63,14 +84,22 @@ def all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(torch.stack((lo, hi))).all())
 
 
-def check_scalar(name: str, value, *, minimum: float, strict: bool, maximum: Optional[float] = None) -> float:
+# -- numbers -----------------------------------------------------------------------------------
+
+def as_number(name: str, value) -> float:
+    """float(value) for a number (a 0-dim tensor too); text, booleans and anything float() refuses
+    are an error (its range is the op's to check)."""
     # float() would also take "0.1" or True: refuse text and booleans as steps does
     if isinstance(value, (str, bytes, bool, np.bool_)):
         raise ValueError(f"{name} must be a number, got {value!r}")
     try:
-        v = float(value)
+        return float(value)
     except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of several elements
         raise ValueError(f"{name} must be a number, got {value!r}") from None
+
+
+def check_scalar(name: str, value, *, minimum: float, strict: bool, maximum: Optional[float] = None) -> float:
+    v = as_number(name, value)
     ok = math.isfinite(v) and (v > minimum if strict else v >= minimum) and (maximum is None or v < maximum)
     if not ok:
         rel = ">" if strict else ">="
@@ -89,15 +118,39 @@ def _as_int(value):
         return None
 
 
-INT64_MAX = 2**63 - 1
-
-
-def check_steps(steps) -> int:
+def as_steps(steps) -> int:
+    """steps as an int64 (its lower bound is the op's to check)."""
     n = _as_int(steps)
-    if n is None or n < 1 or n > INT64_MAX:  # the compiled ops take int64
+    if n is None or n > INT64_MAX:
         raise ValueError(f"steps must be an int >= 1 (and < 2**63), got {steps!r}")
     return n
 
+
+def check_steps(steps) -> int:
+    n = as_steps(steps)
+    if n < 1:
+        raise ValueError(f"steps must be an int >= 1 (and < 2**63), got {steps!r}")
+    return n
+
+
+def as_checkpoint_every(k) -> Optional[int]:
+    """checkpoint_every as None or an int (its lower bound is the op's to check)."""
+    if k is None:
+        return None
+    n = _as_int(k)
+    if n is None:
+        raise ValueError(f"checkpoint_every must be None or an int >= 1, got {k!r}")
+    return n
+
+
+def check_checkpoint_every(k, steps: int) -> Optional[int]:
+    n = as_checkpoint_every(k)
+    if n is not None and n < 1:
+        raise ValueError(f"checkpoint_every must be None or an int >= 1, got {k!r}")
+    return None if n is None else min(n, steps)
+
+
+# -- names -------------------------------------------------------------------------------------
 
 def check_backend(backend: str) -> str:
     if backend not in BACKENDS:
@@ -111,28 +164,40 @@ def check_precision(precision: str) -> str:
     return precision
 
 
-def check_checkpoint_every(k, steps: int) -> Optional[int]:
-    if k is None:
-        return None
-    n = _as_int(k)
-    if n is None or n < 1:
-        raise ValueError(f"checkpoint_every must be None or an int >= 1, got {k!r}")
-    return min(n, steps)
+def check_choice_type(name: str, value, choices) -> str:
+    """A str for an op's choice argument (the op checks which)."""
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+# -- noise -------------------------------------------------------------------------------------
+
+def stack_noise(spec: PolicySpec, noise: NoiseArg, steps: int, n: int, like: torch.Tensor,
+                name: str = "noise", like_name: str = "theta0") -> Optional[torch.Tensor]:
+    """The inner loop's noise given as a list of one (N, act_dim) tensor per step, stacked into the
+    (steps, N, act_dim) tensor the ops take; a tensor or None is returned as it is."""
+    if not isinstance(noise, (list, tuple)):
+        if noise is not None:
+            check_tensor_type(name, noise)
+        return noise
+    if spec.head != "gaussian":
+        raise ValueError(f"{name} must be None for the {spec.head!r} head (it has no sampling)")
+    if len(noise) != steps:
+        raise ValueError(f"{name} must hold one (N, act_dim) tensor per inner step ({steps}), got {len(noise)}")
+    for t, e in enumerate(noise):
+        check_tensor(f"{name}[{t}]", e, (n, spec.act_dim), like, check_finite=False, like_name=like_name)
+    return torch.stack(list(noise))
 
 
 def inner_noise(spec: PolicySpec, noise: NoiseArg, steps: int, n: int, like: torch.Tensor,
                 name: str = "noise", like_name: str = "theta0") -> Optional[torch.Tensor]:
     """The inner loop's noise as one (steps, N, act_dim) tensor, or None (deterministic head)."""
+    noise = stack_noise(spec, noise, steps, n, like, name, like_name)
     if noise is None:
         return None
     if spec.head != "gaussian":
         raise ValueError(f"{name} must be None for the {spec.head!r} head (it has no sampling)")
-    if isinstance(noise, (list, tuple)):
-        if len(noise) != steps:
-            raise ValueError(f"{name} must hold one (N, act_dim) tensor per inner step ({steps}), got {len(noise)}")
-        for t, e in enumerate(noise):
-            check_tensor(f"{name}[{t}]", e, (n, spec.act_dim), like, like_name=like_name)
-        return torch.stack(list(noise))
     check_tensor(name, noise, (steps, n, spec.act_dim), like, like_name=like_name)
     return noise
 
@@ -146,6 +211,8 @@ def outer_noise(spec: PolicySpec, noise: Optional[torch.Tensor], b: int, like: t
     check_tensor(name, noise, (b, spec.act_dim), like, like_name=like_name)
     return noise
 
+
+# -- the reference backend: every rule -----------------------------------------------------------
 
 def check_unroll_args(theta0, syn_obs, syn_act, spec, steps, lr, momentum, weight_decay, noise,
                       noise_name: str = "noise"):
@@ -172,3 +239,29 @@ def check_loss_args(theta, spec, obs, target, weight, noise, theta_name: str = "
     if weight is not None:
         check_tensor("weight", weight, (b,), theta, like_name=theta_name)
     return outer_noise(spec, noise, b, theta, noise_name, theta_name)
+
+
+# -- the fused backend: what the op schemas take ---------------------------------------------------
+
+def unroll_call_args(theta0, syn_obs, syn_act, spec, steps, lr, momentum, weight_decay, noise,
+                     noise_name: str = "noise"):
+    """(steps, lr, momentum, weight_decay, noise) as the ops take them; the ops check the rest."""
+    check_spec(spec)
+    for name, t in (("theta0", theta0), ("syn_obs", syn_obs), ("syn_act", syn_act)):
+        check_tensor_type(name, t)
+    steps = as_steps(steps)
+    lr, momentum = as_number("lr", lr), as_number("momentum", momentum)
+    weight_decay = as_number("weight_decay", weight_decay)
+    n = syn_obs.shape[0] if syn_obs.dim() > 0 else 0
+    return steps, lr, momentum, weight_decay, stack_noise(spec, noise, steps, n, theta0, noise_name)
+
+
+def loss_call_args(theta, spec, obs, target, weight, noise, theta_name: str = "theta",
+                   noise_name: str = "noise") -> None:
+    """The tensors of a loss are tensors; the ops check the rest."""
+    check_spec(spec)
+    for name, t in ((theta_name, theta), ("obs", obs), ("target", target)):
+        check_tensor_type(name, t)
+    for name, t in (("weight", weight), (noise_name, noise)):
+        if t is not None:
+            check_tensor_type(name, t)

@@ -1,142 +1,280 @@
-"""Autograd wrappers around the compiled ops (torch.ops.obd_fast.*, registered by csrc/ops.cpp)."""
+"""The compiled ops (``torch.ops.obd_fast.*``, csrc/ops.cpp) from Python.
+
+Here live what makes them PyTorch custom ops beyond their CPU and CUDA kernels: a fake
+implementation of each (output shapes without running a kernel: FakeTensor, the meta device,
+``torch.compile``), the autograd of ``unroll_forward`` and ``weighted_loss``
+(``torch.library.register_autograd``), and the calls obd_fast.ops makes. The ops check their
+arguments themselves (csrc/validate.cpp); nothing here repeats that.
+
+How the ops run is explicit in every call (:class:`KernelOptions`); the environment variables
+``OBD_FAST_STEP_KERNEL``, ``OBD_FAST_GRID_BLOCKS`` and ``OBD_FAST_GRID_PROFILE``, read once at
+import, only give the defaults that :func:`kernel_options` fills in.
+"""
 from __future__ import annotations
 
-import contextlib
+import dataclasses
+import operator
+import os
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
+from . import _extension
 from .policy import PolicySpec
 
-# "tf32" is not a mode of the C++ code: cuBLAS picks TF32 tensor-core kernels for float32
-# products while torch allows it (matmul_precision below), CUDA graphs included.
-PRECISION_CODE = {"native": 0, "bf16": 1, "tf32": 0}
+STEP_KERNELS = ("auto", "grid", "library")
+BF16_RECORDS = ("compact", "float")
 
 
-@contextlib.contextmanager
-def matmul_precision(precision: str):
-    if precision != "tf32":
-        yield
-        return
-    settings = torch.backends.cuda.matmul
-    # torch >= 2.9 has fp32_precision and refuses a mix of it with the legacy allow_tf32 flag.
-    name, value = ("fp32_precision", "tf32") if hasattr(settings, "fp32_precision") else ("allow_tf32", True)
-    prev = getattr(settings, name)
-    setattr(settings, name, value)
+@dataclass(frozen=True)
+class KernelOptions:
+    """How a fused op runs the inner steps.
+
+    ``step_kernel``: ``"auto"`` (the grid program on CUDA, the ATen path on the CPU), ``"grid"``
+    (the grid program wherever it applies: one cooperative kernel per unroll segment on CUDA, on the
+    CPU a slow serial executor of the same code that the tests use), ``"library"`` (the ATen path:
+    cuBLAS / oneDNN products and elementwise kernels; for GPUs without cooperative launch).
+    ``grid_blocks``: thread blocks of the grid program's kernels (0: one per multiprocessor).
+    ``grid_profile``: print the grid program's mean time per phase and step (eager CUDA calls; it
+    synchronizes). ``bf16_records``: how ``precision="bf16"`` keeps its records on the CPU:
+    ``"compact"`` (bf16 operands) or ``"float"`` (the float32 records of the CUDA path), which the
+    tests check the compact path against; not a user option.
+    """
+    step_kernel: str = "auto"
+    grid_blocks: int = 0
+    grid_profile: bool = False
+    bf16_records: str = "compact"
+
+
+ENV_DEFAULTS = {"step_kernel": "OBD_FAST_STEP_KERNEL", "grid_blocks": "OBD_FAST_GRID_BLOCKS",
+                "grid_profile": "OBD_FAST_GRID_PROFILE"}
+
+
+def _parse_env(field: str, text: str):
+    name = ENV_DEFAULTS[field]
+    if field == "step_kernel":
+        if text not in STEP_KERNELS:
+            raise ValueError(f"{name} must be one of {STEP_KERNELS}, got {text!r}")
+        return text
+    if field == "grid_blocks":
+        if not text.isdigit():
+            raise ValueError(f"{name} must be an integer >= 0 (0: one per multiprocessor), got {text!r}")
+        return int(text)
+    if text not in ("0", "1"):
+        raise ValueError(f"{name} must be 0 or 1, got {text!r}")
+    return text == "1"
+
+
+def _read_env() -> dict:
+    """The process-wide defaults as set when obd_fast was imported: a value, or the ValueError a
+    call that relies on a malformed one raises."""
+    defaults = {}
+    for field, name in ENV_DEFAULTS.items():
+        text = os.environ.get(name, "").strip()
+        try:
+            defaults[field] = _parse_env(field, text) if text else getattr(KernelOptions, field)
+        except ValueError as exc:
+            defaults[field] = exc
+    return defaults
+
+
+_ENV = _read_env()
+
+
+def kernel_options(step_kernel: Optional[str] = None, grid_blocks: Optional[int] = None,
+                   grid_profile: Optional[bool] = None) -> KernelOptions:
+    """The kernel choices of one call: the ones given, the process-wide defaults for the others."""
+    given = dict(step_kernel=step_kernel, grid_blocks=grid_blocks, grid_profile=grid_profile)
+    chosen = {}
+    for field, value in given.items():
+        if value is None:
+            value = _ENV[field]
+            if isinstance(value, ValueError):
+                raise value
+        chosen[field] = value
+    if not isinstance(chosen["step_kernel"], str):
+        raise ValueError(f"step_kernel must be one of {STEP_KERNELS}, got {chosen['step_kernel']!r}")
     try:
-        yield
-    finally:
-        setattr(settings, name, prev)
+        if isinstance(chosen["grid_blocks"], bool):
+            raise TypeError
+        chosen["grid_blocks"] = operator.index(chosen["grid_blocks"])
+    except TypeError:
+        raise ValueError("grid_blocks must be an int >= 0 (0: one per multiprocessor), "
+                         f"got {chosen['grid_blocks']!r}") from None
+    if not isinstance(chosen["grid_profile"], bool):
+        raise ValueError(f"grid_profile must be True or False, got {chosen['grid_profile']!r}")
+    return KernelOptions(**chosen)
 
 
 @dataclass(frozen=True)
 class InnerConfig:
+    """The inner problem's settings and how the fused ops run it."""
     steps: int
     lr: float
     momentum: float = 0.0
     weight_decay: float = 0.0
     checkpoint_every: Optional[int] = None
     precision: str = "native"
+    kernel: KernelOptions = KernelOptions()
 
-    def op_args(self):
-        return (self.steps, self.lr, self.momentum, self.weight_decay, self.checkpoint_every or 0,
-                PRECISION_CODE[self.precision])
-
-
-def spec_args(spec: PolicySpec):
-    return (list(spec.widths), spec.head == "gaussian", spec.max_action)
+    def op_kwargs(self, spec: PolicySpec) -> dict:
+        return dict(policy_kwargs(spec), steps=self.steps, lr=self.lr, momentum=self.momentum,
+                    weight_decay=self.weight_decay, checkpoint_every=self.checkpoint_every,
+                    precision=self.precision, **dataclasses.asdict(self.kernel))
 
 
-class FusedUnroll(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, theta0, syn_obs, syn_act, noise, spec: PolicySpec, cfg: InnerConfig):
-        with matmul_precision(cfg.precision):
-            tape = torch.ops.obd_fast.unroll_forward(theta0, syn_obs, syn_act, noise, *spec_args(spec),
-                                                     *cfg.op_args())
-        ctx.spec, ctx.cfg, ctx.has_noise = spec, cfg, noise is not None
-        ctx.save_for_backward(syn_obs, syn_act, noise if noise is not None else syn_obs.new_empty(0), *tape)
-        return tape[0].clone()  # a fresh tensor: the tape itself stays private
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_theta_T):
-        syn_obs, syn_act, noise, *tape = ctx.saved_tensors
-        with matmul_precision(ctx.cfg.precision):
-            d_theta0, d_obs, d_act = torch.ops.obd_fast.unroll_backward(
-                tape, syn_obs, syn_act, noise if ctx.has_noise else None, *spec_args(ctx.spec),
-                *ctx.cfg.op_args(), grad_theta_T.contiguous())
-        needs = ctx.needs_input_grad
-        return (d_theta0 if needs[0] else None, d_obs if needs[1] else None, d_act if needs[2] else None,
-                None, None, None)
+def policy_kwargs(spec: PolicySpec) -> dict:
+    return dict(obs_dim=spec.obs_dim, act_dim=spec.act_dim, hidden=list(spec.hidden), head=spec.head,
+                max_action=spec.max_action)
 
 
-class FusedWeightedLoss(torch.autograd.Function):
-    """The loss and all requested gradients come from one fused pass; backward only scales them."""
-
-    @staticmethod
-    def forward(ctx, theta, obs, target, weight, noise, spec: PolicySpec, precision: str):
-        needs = [int(x) for x in ctx.needs_input_grad[:4]]
-        needs[3] = int(needs[3] and weight is not None)
-        with matmul_precision(precision):
-            loss, *grads = torch.ops.obd_fast.weighted_loss(theta, obs, target, weight, noise, *spec_args(spec),
-                                                            needs, PRECISION_CODE[precision])
-        ctx.needs = needs
-        ctx.save_for_backward(*grads)
-        return loss
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_loss):
-        grads = ctx.saved_tensors
-        out = [g * grad_loss if need else None for g, need in zip(grads, ctx.needs)]
-        return (*out, None, None, None)
-
-
-def _check_aux(name: str, t, shape, like: torch.Tensor) -> None:
-    """The compiled ops check theta, obs and target but read noise and weight by position only:
-    a wrong shape there would read past the buffer. Cheap (no device sync), so it also runs for
-    callers that bypass obd_fast.ops (e.g. graph.py) and inside CUDA-graph capture."""
-    if t is None:
-        return
-    if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(shape):
-        got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {got}")
-    if t.dtype != like.dtype or t.device != like.device:
-        raise ValueError(f"{name} must be {like.dtype} on {like.device} like theta, got {t.dtype} on {t.device}")
-
-
-def _check_noise_and_weight(spec: PolicySpec, like, n: int, noise=None, steps: Optional[int] = None,
-                            weight=None, noise_name: str = "noise") -> None:
-    if noise is not None and spec.head != "gaussian":
-        raise ValueError(f"{noise_name} must be None for the {spec.head!r} head (it has no sampling)")
-    _check_aux(noise_name, noise, (n, spec.act_dim) if steps is None else (steps, n, spec.act_dim), like)
-    _check_aux("weight", weight, (n,), like)
-
+# -- the calls obd_fast.ops makes ----------------------------------------------------------------
 
 def unroll_bc(theta0, syn_obs, syn_act, spec, noise, cfg: InnerConfig):
-    _check_noise_and_weight(spec, theta0, syn_obs.shape[0], noise, cfg.steps)
-    return FusedUnroll.apply(theta0, syn_obs, syn_act, noise, spec, cfg)
+    return torch.ops.obd_fast.unroll_forward(theta0, syn_obs, syn_act, noise, **cfg.op_kwargs(spec))[0]
 
 
-def weighted_bc_loss(theta, spec, obs, target, weight, noise, precision):
-    _check_noise_and_weight(spec, theta, obs.shape[0], noise, None, weight)
-    return FusedWeightedLoss.apply(theta, obs, target, weight, noise, spec, precision)
+def weighted_bc_loss(theta, spec, obs, target, weight, noise, precision="native"):
+    """The fused loss computes the gradients its inputs will need in the same pass."""
+    wants = lambda t: t is not None and t.requires_grad and torch.is_grad_enabled()  # noqa: E731
+    out = torch.ops.obd_fast.weighted_loss(theta, obs, target, weight, noise, **policy_kwargs(spec),
+                                           grad_obs=wants(obs), grad_target=wants(target),
+                                           grad_weight=wants(weight), precision=precision)
+    return out[0]
 
 
-def meta_gradient(theta0, syn_obs, syn_act, spec, obs, target, weight, inner_noise, outer_noise, cfg: InnerConfig):
-    _check_noise_and_weight(spec, theta0, syn_obs.shape[0], inner_noise, cfg.steps, noise_name="inner_noise")
-    _check_noise_and_weight(spec, theta0, obs.shape[0], outer_noise, None, weight, noise_name="outer_noise")
-    with matmul_precision(cfg.precision):
-        loss, d_obs, d_act = torch.ops.obd_fast.meta_gradient(theta0, syn_obs, syn_act, inner_noise, obs, target,
-                                                              weight, outer_noise, *spec_args(spec), *cfg.op_args())
-    return loss, d_obs, d_act
+def meta_gradient(theta0, syn_obs, syn_act, spec, obs, target, weight, inner_noise, outer_noise, cfg: InnerConfig,
+                  return_theta0_grad: bool = False):
+    loss, d_obs, d_act, d_theta0 = torch.ops.obd_fast.meta_gradient(
+        theta0, syn_obs, syn_act, inner_noise, obs, target, weight, outer_noise, **cfg.op_kwargs(spec))
+    return (loss, d_obs, d_act, d_theta0) if return_theta0_grad else (loss, d_obs, d_act)
 
 
 def policy_forward(theta, obs, spec, noise=None):
-    _check_noise_and_weight(spec, theta, obs.shape[0], noise)
-    return torch.ops.obd_fast.policy_forward(theta, obs, noise, *spec_args(spec))
+    return torch.ops.obd_fast.policy_forward(theta, obs, noise, **policy_kwargs(spec))
 
+
+# -- fake implementations: output shapes, dtypes and devices without a kernel ----------------------
+
+def _same_device(like_name: str, like: torch.Tensor, **tensors) -> None:
+    """The one check a fake implementation makes (mixed devices send a call here: the meta key
+    outranks the others): it decides where the outputs are."""
+    for name, t in tensors.items():
+        if t is not None and t.device != like.device:
+            raise ValueError(f"{name} is on {t.device} but {like_name} is on {like.device}; "
+                             "all tensors must be on one device")
+
+
+def _spec(kw: dict) -> PolicySpec:
+    return PolicySpec(kw["obs_dim"], kw["act_dim"], kw["hidden"], kw["head"], kw["max_action"])
+
+
+def _tape_shapes(spec: PolicySpec, n, like: torch.Tensor, kw: dict):
+    """Shapes of (thetas, records, ck_thetas, ck_bufs): as csrc/unroll.cpp's UnrollTape, empty
+    where unused."""
+    steps, p, k = kw["steps"], spec.num_params, kw.get("checkpoint_every")
+    compact = (kw.get("precision") == "bf16" and like.device.type == "cpu" and like.dtype == torch.float32
+               and kw.get("bf16_records", "compact") == "compact")
+    if k is None:
+        return (steps + 1, p), (steps, record_floats(spec, n, compact)), (0,), (0,)
+    checkpoints = -(-steps // min(k, steps))
+    return (0,), (0,), (checkpoints, p), ((checkpoints, p) if kw.get("momentum", 0.0) != 0.0 else (0,))
+
+
+def _fake_unroll_forward(theta0, syn_obs, syn_act, noise, **kw):
+    _same_device("theta0", theta0, syn_obs=syn_obs, syn_act=syn_act, noise=noise)
+    spec = _spec(kw)
+    shapes = [(spec.num_params,), *_tape_shapes(spec, syn_obs.shape[0], theta0, kw)]
+    return tuple(theta0.new_empty(s) for s in shapes)
+
+
+def _fake_unroll_backward(grad_theta_T, thetas, records, ck_thetas, ck_bufs, syn_obs, syn_act, noise, **kw):
+    _same_device("grad_theta_T", grad_theta_T, thetas=thetas, records=records, ck_thetas=ck_thetas,
+                 ck_bufs=ck_bufs, syn_obs=syn_obs, syn_act=syn_act, noise=noise)
+    return (grad_theta_T.new_empty((_spec(kw).num_params,)), grad_theta_T.new_empty(syn_obs.shape),
+            grad_theta_T.new_empty(syn_act.shape))
+
+
+def _fake_weighted_loss(theta, obs, target, weight, noise, *, grad_obs=False, grad_target=False, grad_weight=False,
+                        **kw):
+    _same_device("theta", theta, obs=obs, target=target, weight=weight, noise=noise)
+    spec, empty = _spec(kw), (0,)
+    shapes = [(), (spec.num_params,), obs.shape if grad_obs else empty, target.shape if grad_target else empty,
+              (obs.shape[0],) if grad_weight and weight is not None else empty]
+    return tuple(theta.new_empty(s) for s in shapes)
+
+
+def _fake_meta_gradient(theta0, syn_obs, syn_act, inner_noise, obs, target, weight, outer_noise, **kw):
+    _same_device("theta0", theta0, syn_obs=syn_obs, syn_act=syn_act, inner_noise=inner_noise, obs=obs,
+                 target=target, weight=weight, outer_noise=outer_noise)
+    return (theta0.new_empty(()), theta0.new_empty(syn_obs.shape), theta0.new_empty(syn_act.shape),
+            theta0.new_empty((_spec(kw).num_params,)))
+
+
+def _fake_policy_forward(theta, obs, noise, **kw):
+    _same_device("theta", theta, obs=obs, noise=noise)
+    return theta.new_empty((obs.shape[0], kw["act_dim"]))
+
+
+# -- autograd --------------------------------------------------------------------------------------
+
+def _unroll_setup_context(ctx, inputs, keyword_only_inputs, output):
+    _, syn_obs, syn_act, noise = inputs
+    ctx.kwargs = keyword_only_inputs
+    ctx.set_materialize_grads(False)  # the tape's outputs get no gradient: no zeros of its size
+    ctx.save_for_backward(syn_obs, syn_act, noise, *output[1:])
+
+
+def _unroll_backward(ctx, grad_theta_T, *_tape_grads):
+    """unroll_backward, the reverse pass; differentiating it again raises (its Autograd kernel)."""
+    if grad_theta_T is None:
+        return None, None, None, None
+    syn_obs, syn_act, noise, *tape = ctx.saved_tensors
+    d_theta0, d_obs, d_act = torch.ops.obd_fast.unroll_backward(grad_theta_T, *tape, syn_obs, syn_act, noise,
+                                                                **ctx.kwargs)
+    needs = ctx.needs_input_grad
+    return d_theta0 if needs[0] else None, d_obs if needs[1] else None, d_act if needs[2] else None, None
+
+
+LOSS_GRADS = ("grad_theta", "grad_obs", "grad_target", "grad_weight")
+
+
+def _loss_setup_context(ctx, inputs, keyword_only_inputs, output):
+    weight = inputs[3]
+    ctx.computed = (True, keyword_only_inputs["grad_obs"], keyword_only_inputs["grad_target"],
+                    keyword_only_inputs["grad_weight"] and weight is not None)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(*output[1:])
+
+
+@torch.autograd.function.once_differentiable
+def _loss_backward(ctx, grad_loss, *_grad_grads):
+    """The gradients came from the forward pass; the backward scales them."""
+    if grad_loss is None:
+        return None, None, None, None, None
+    grads = []
+    for i, (g, computed) in enumerate(zip(ctx.saved_tensors, ctx.computed)):
+        if not ctx.needs_input_grad[i]:
+            grads.append(None)
+            continue
+        if not computed:
+            raise RuntimeError(f"obd_fast::weighted_loss was called with {LOSS_GRADS[i]}=False, but its input "
+                               "requires grad")
+        grads.append(g * grad_loss)
+    return (*grads, None)
+
+
+if _extension.available():
+    for _name, _fake in (("unroll_forward", _fake_unroll_forward), ("unroll_backward", _fake_unroll_backward),
+                         ("weighted_loss", _fake_weighted_loss), ("meta_gradient", _fake_meta_gradient),
+                         ("policy_forward", _fake_policy_forward)):
+        torch.library.register_fake(f"obd_fast::{_name}", _fake)
+    torch.library.register_autograd("obd_fast::unroll_forward", _unroll_backward, setup_context=_unroll_setup_context)
+    torch.library.register_autograd("obd_fast::weighted_loss", _loss_backward, setup_context=_loss_setup_context)
+
+
+# -- memory --------------------------------------------------------------------------------------
 
 def stored_state_bytes(spec: PolicySpec, n_syn: int, steps: int, checkpoint_every: Optional[int] = None,
                        momentum: float = 0.0, dtype: torch.dtype = torch.float32, precision: str = "native",

@@ -169,6 +169,7 @@ def smallest_footprint(spec: PolicySpec, n_syn: int, steps: int, momentum: float
     return best, fused_bytes(spec, n_syn, steps, best, momentum, dtype, n_outer)
 
 
+@torch.compiler.assume_constant_result
 def plan_checkpoint_every(op: str, spec: PolicySpec, n_syn: int, steps: int, momentum: float,
                           dtype: torch.dtype, device, memory_budget=None, n_outer: int = 0,
                           stacklevel: int = 3) -> Optional[int]:

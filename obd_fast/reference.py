@@ -106,11 +106,13 @@ def unroll_bc(theta0, syn_obs, syn_act, spec, steps, lr, momentum, weight_decay,
 
 def meta_gradient(theta0, syn_obs, syn_act, spec, obs, target, weight, steps, lr, momentum, weight_decay,
                   inner_noise, outer_noise):
+    """(H, dH/d syn_obs, dH/d syn_act, dH/d theta0) of the outer loss H after the unroll."""
     theta_T, thetas = unroll_forward(theta0, syn_obs, syn_act, spec, steps, lr, momentum, weight_decay, inner_noise)
     with torch.enable_grad():
         th = theta_T.clone().requires_grad_(True)
         loss = bc_loss(th, spec, obs.detach(), target.detach(),
                        None if weight is None else weight.detach(), outer_noise)
         (v,) = torch.autograd.grad(loss, th)
-    _, d_obs, d_act = unroll_backward(thetas, syn_obs, syn_act, spec, lr, momentum, weight_decay, inner_noise, v)
-    return loss.detach(), d_obs, d_act
+    d_theta0, d_obs, d_act = unroll_backward(thetas, syn_obs, syn_act, spec, lr, momentum, weight_decay, inner_noise,
+                                             v)
+    return loss.detach(), d_obs, d_act, d_theta0

@@ -3,12 +3,14 @@ import pytest
 import torch
 
 import obd_fast
+from obd_fast import fused
 from helpers import (GRID, PAPER_SPEC, case_meta_gradient, check_against_plain, cosine, gradcheck_loss,
                      gradcheck_unroll, make_case, odd_case, rel_err, to_dtype, user_loss_grad_check)
 
 pytestmark = pytest.mark.skipif(not obd_fast.fused_available(), reason=f"no extension: {obd_fast.build_info()}")
 
 TOL = 1e-9
+FLOAT_RECORDS = fused.KernelOptions(bf16_records="float")
 
 
 def meta(case, **kw):
@@ -125,6 +127,15 @@ def _unroll_grads(case, backend, v, **kw):
     th0, s, a = (c[k].clone().requires_grad_(True) for k in ("theta0", "syn_obs", "syn_act"))
     theta_T = obd_fast.unroll_bc(th0, s, a, c["spec"], steps=c["steps"], noise=c["inner_noise"], backend=backend,
                                  **kw)
+    (theta_T * v).sum().backward()
+    return theta_T.detach(), th0.grad, s.grad, a.grad
+
+
+def _fused_unroll_grads(case, v, cfg):
+    """_unroll_grads through obd_fast.fused, for settings the public op does not take."""
+    c = case
+    th0, s, a = (c[k].clone().requires_grad_(True) for k in ("theta0", "syn_obs", "syn_act"))
+    theta_T = fused.unroll_bc(th0, s, a, c["spec"], c["inner_noise"], cfg)
     (theta_T * v).sum().backward()
     return theta_T.detach(), th0.grad, s.grad, a.grad
 
@@ -278,11 +289,11 @@ def test_fused_bf16_unroll_backward_is_close_to_float64(ck):
 @pytest.mark.parametrize("hidden,head,steps", [
     ((13, 9), "gaussian", 3), ((33, 17, 5), "tanh", 1), ((70,), "gaussian", 1), ((40, 40, 40), "tanh", 3),
     ((130, 70), "gaussian", 2)])
-def test_fused_bf16_compact_records_match_float_records(monkeypatch, hidden, head, steps):
+def test_fused_bf16_compact_records_match_float_records(hidden, head, steps):
     # On the CPU, bf16 keeps compact records: its own forward (bf16 epilogues straight into the
     # record) and a Hessian-vector pass with each pair of products stacked into one. Checked
-    # against OBD_FAST_BF16_RECORDS=float, the long-standing path (float32 records, ATen
-    # conversions, one product per term) with the same bf16 operands: theta_T must agree to
+    # against bf16_records="float", the path CUDA runs (float32 records, ATen conversions, one
+    # product per term) with the same bf16 operands: theta_T must agree to
     # float32 rounding, the gradients within bf16 rounding of the pair sums (<= 2e-2; each is
     # 5e-2 to 2e-1 from float64 here, so this is the tight check), on odd sizes.
     c64 = make_case(dict(obs_dim=5, act_dim=2, hidden=hidden, head=head, max_action=1.3), 9, 4, steps,
@@ -291,8 +302,7 @@ def test_fused_bf16_compact_records_match_float_records(monkeypatch, hidden, hea
     v = torch.randn(c64["spec"].num_params, generator=torch.Generator().manual_seed(1)).float()
     hyper = dict(lr=0.1, momentum=0.9, weight_decay=1e-4)
     compact = _unroll_grads(c32, "fused", v, precision="bf16", **hyper)
-    monkeypatch.setenv("OBD_FAST_BF16_RECORDS", "float")
-    plain = _unroll_grads(c32, "fused", v, precision="bf16", **hyper)
+    plain = _fused_unroll_grads(c32, v, fused.InnerConfig(steps, precision="bf16", kernel=FLOAT_RECORDS, **hyper))
     native = _unroll_grads(c32, "fused", v, **hyper)
     assert rel_err(compact[0], plain[0]) <= 1e-6
     errs = [rel_err(a, b) for a, b in zip(compact[1:], plain[1:])]
@@ -301,11 +311,12 @@ def test_fused_bf16_compact_records_match_float_records(monkeypatch, hidden, hea
     assert rel_err(plain[2], native[2]) > 1e-4
 
 
-def test_bf16_records_switch_rejects_unknown_values(monkeypatch):
-    case = odd_case("tanh", 1, seed=0)
-    monkeypatch.setenv("OBD_FAST_BF16_RECORDS", "half")
-    with pytest.raises(RuntimeError, match="OBD_FAST_BF16_RECORDS must be compact or float"):
-        meta(to_dtype(case, torch.float32), lr=0.1, backend="fused", precision="bf16")
+def test_bf16_records_choice_rejects_unknown_values():
+    c = to_dtype(odd_case("tanh", 1, seed=0), torch.float32)
+    cfg = fused.InnerConfig(1, 0.1, precision="bf16", kernel=fused.KernelOptions(bf16_records="half"))
+    with pytest.raises(ValueError, match="bf16_records must be one of \\('compact', 'float'\\), got 'half'"):
+        fused.meta_gradient(c["theta0"], c["syn_obs"], c["syn_act"], c["spec"], c["obs"], c["target"], c["weight"],
+                            None, None, cfg)
 
 
 @pytest.mark.parametrize("checkpoint_every,momentum,precision", [
@@ -313,14 +324,14 @@ def test_bf16_records_switch_rejects_unknown_values(monkeypatch):
     (None, 0.0, "bf16"), (4, 0.9, "bf16")])
 def test_stored_state_bytes_matches_the_tape(checkpoint_every, momentum, precision):
     """The memory estimate (used by benchmarks and the memory guard) equals what the op keeps."""
-    from obd_fast.fused import InnerConfig, record_floats, spec_args, stored_state_bytes
+    from obd_fast.fused import InnerConfig, record_floats, stored_state_bytes
 
     spec = obd_fast.PolicySpec(5, 2, (13, 9))
     steps, n = 10, 7  # odd n * widths: a compact record ends in half a float
     theta0 = spec.init_params()
     s, a = torch.randn(n, 5), torch.rand(n, 2)
     cfg = InnerConfig(steps, 0.1, momentum, 0.0, checkpoint_every, precision)
-    tape = torch.ops.obd_fast.unroll_forward(theta0, s, a, None, *spec_args(spec), *cfg.op_args())
+    tape = torch.ops.obd_fast.unroll_forward(theta0, s, a, None, **cfg.op_kwargs(spec))
     kept = sum(t.numel() * t.element_size() for t in tape[1:])  # tape[0] is theta_T itself
     want = stored_state_bytes(spec, n, steps, checkpoint_every, momentum, precision=precision)
     compact = precision == "bf16"

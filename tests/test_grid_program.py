@@ -1,13 +1,14 @@
 """The grid program (csrc/grid/program.h), the CUDA backend's whole-step kernels, run on the CPU
-by its serial executor (OBD_FAST_STEP_KERNEL=grid): the same code the GPU runs, item by item, so
-every index, epilogue and phase boundary of it is checked here against the independent float64
-unroll, at odd sizes, with both heads, momentum, weight decay and checkpoints."""
+by its serial executor (step_kernel="grid"): the same code the GPU runs, item by item, so every
+index, epilogue and phase boundary of it is checked here against the independent float64 unroll,
+at odd sizes, with both heads, momentum, weight decay and checkpoints."""
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import obd_fast
+from obd_fast import fused
 from helpers import (GRID, case_meta_gradient, check_against_plain, gradcheck_unroll, make_case, odd_case, rel_err,
                      to_dtype)
 
@@ -17,12 +18,11 @@ pytestmark = [pytest.mark.skipif(not obd_fast.fused_available(), reason=f"no ext
 TOL = 1e-9
 
 
-@pytest.fixture(params=["slice", "ksplit"])
-def grid_kernel(request, monkeypatch):
-    """Inner steps through the grid program, with either way of multiplying block tiles (tiles.h)."""
-    monkeypatch.setenv("OBD_FAST_STEP_KERNEL", "grid")
-    monkeypatch.setenv("OBD_FAST_GRID_TILES", request.param)
-    return request.param
+@pytest.fixture
+def grid_kernel(monkeypatch):
+    """Inner steps through the grid program: the process-wide default of step_kernel for the test
+    (what OBD_FAST_STEP_KERNEL=grid at import gives), so that the shared helpers' calls run it."""
+    monkeypatch.setitem(fused._ENV, "step_kernel", "grid")
 
 
 def meta(case, **kw):
@@ -79,14 +79,12 @@ def test_grid_program_float32_against_float64(grid_kernel):
     assert max(errs) <= 1e-4, errs
 
 
-def test_grid_program_agrees_with_the_aten_path(monkeypatch):
+def test_grid_program_agrees_with_the_aten_path():
     # Same math, other summation order: float64 results agree to rounding.
     case = odd_case("tanh", 10, seed=7)
     hyper = dict(lr=0.1, momentum=0.9, weight_decay=1e-4)
-    monkeypatch.setenv("OBD_FAST_STEP_KERNEL", "library")
-    lib = meta(case, checkpoint_every=3, **hyper)
-    monkeypatch.setenv("OBD_FAST_STEP_KERNEL", "grid")
-    grd = meta(case, checkpoint_every=3, **hyper)
+    lib = meta(case, checkpoint_every=3, step_kernel="library", **hyper)
+    grd = meta(case, checkpoint_every=3, step_kernel="grid", **hyper)
     for a, b in zip(grd, lib):
         assert rel_err(a, b) <= 1e-12
 
@@ -97,23 +95,24 @@ def test_grid_program_unroll_bc_gradcheck(grid_kernel, head):
     gradcheck_unroll("fused", head, checkpoint_every=1)
 
 
-def test_grid_program_bf16_falls_back_to_the_aten_path(monkeypatch):
+def test_grid_program_bf16_falls_back_to_the_aten_path():
     # bf16 products are the ATen path's; asking for the grid program must not change them.
     case = to_dtype(odd_case("gaussian", 3, seed=3), torch.float32)
-    monkeypatch.setenv("OBD_FAST_STEP_KERNEL", "library")
-    lib = meta(case, lr=0.1, precision="bf16")
-    monkeypatch.setenv("OBD_FAST_STEP_KERNEL", "grid")
-    grd = meta(case, lr=0.1, precision="bf16")
+    lib = meta(case, lr=0.1, precision="bf16", step_kernel="library")
+    grd = meta(case, lr=0.1, precision="bf16", step_kernel="grid")
     for a, b in zip(grd, lib):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("name,value", [("OBD_FAST_STEP_KERNEL", "fast"), ("OBD_FAST_GRID_TILES", "big")])
-def test_unknown_grid_settings_are_rejected(monkeypatch, name, value):
-    monkeypatch.setenv("OBD_FAST_STEP_KERNEL", "grid")
-    monkeypatch.setenv(name, value)
-    with pytest.raises(RuntimeError, match=name):
-        meta(odd_case("tanh", 1, seed=0), lr=0.1)
+@pytest.mark.parametrize("name,value,message", [
+    ("step_kernel", "fast", r"step_kernel must be one of \('auto', 'grid', 'library'\), got 'fast'"),
+    ("step_kernel", 1, r"step_kernel must be one of \('auto', 'grid', 'library'\), got 1"),
+    ("grid_blocks", -1, r"grid_blocks must be an int >= 0 \(0: one per multiprocessor\), got -1"),
+    ("grid_blocks", 1.5, r"grid_blocks must be an int >= 0"),
+    ("grid_profile", "yes", r"grid_profile must be True or False, got 'yes'")])
+def test_unknown_grid_settings_are_rejected(name, value, message):
+    with pytest.raises(ValueError, match=message):
+        meta(odd_case("tanh", 1, seed=0), lr=0.1, **{name: value})
 
 
 # -- random shapes (hypothesis): the grid program agrees with the ATen path ---------------------
@@ -131,19 +130,15 @@ def grid_cases(draw):
     hyper = dict(lr=draw(st.sampled_from([0.05, 0.3])), momentum=draw(st.sampled_from([0.0, 0.5])),
                  weight_decay=draw(st.sampled_from([0.0, 1e-2])),
                  checkpoint_every=draw(st.sampled_from([None, 1, 2, 3])))
-    return case, hyper, draw(st.sampled_from(["slice", "ksplit"]))
+    return case, hyper
 
 
 @settings(max_examples=80, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
 @given(grid_cases())
 def test_grid_program_random_shapes_match_the_aten_path(args):
     # Widths and row counts from 1 (a single row, a one-unit layer, one action) to past two tiles.
-    case, hyper, tiles = args
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OBD_FAST_STEP_KERNEL", "library")
-        lib = meta(case, **hyper)
-        mp.setenv("OBD_FAST_STEP_KERNEL", "grid")
-        mp.setenv("OBD_FAST_GRID_TILES", tiles)
-        grd = meta(case, **hyper)
+    case, hyper = args
+    lib = meta(case, step_kernel="library", **hyper)
+    grd = meta(case, step_kernel="grid", **hyper)
     for g, w in zip(grd, lib):
-        assert g.shape == w.shape and rel_err(g, w) <= 1e-10, (rel_err(g, w), hyper, tiles)
+        assert g.shape == w.shape and rel_err(g, w) <= 1e-10, (rel_err(g, w), hyper)

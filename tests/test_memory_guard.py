@@ -197,8 +197,8 @@ def test_estimate_matches_the_tape_the_fused_unroll_keeps(case, checkpoint_every
     out = obd_fast.unroll_bc(th, case["syn_obs"], case["syn_act"], case["spec"], steps=STEPS, lr=0.1,
                              momentum=momentum, noise=case["inner_noise"], backend="fused",
                              checkpoint_every=checkpoint_every)
-    saved = out.grad_fn.saved_tensors[3:]  # after syn_obs, syn_act, noise: theta_T and the tape
-    tape_bytes = sum(t.numel() * t.element_size() for t in saved[1:])
+    saved = out.grad_fn.saved_tensors[3:]  # after syn_obs, syn_act, noise: the tape
+    tape_bytes = sum(t.numel() * t.element_size() for t in saved)
     p = case["spec"].num_params * 8
     est = fused.stored_state_bytes(case["spec"], N, STEPS, checkpoint_every, momentum, torch.float64)
     if checkpoint_every is None:

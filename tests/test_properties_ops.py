@@ -344,6 +344,45 @@ def test_requires_grad_combinations_agree(data, c):
             assert grads_f[a] is None
 
 
+# -- one contract, two statements of it: the compiled ops (csrc/validate.cpp) and obd_fast.checks
+
+def messages(op, kw):
+    """The ValueError message of each backend for the same call."""
+    out = []
+    for b in BACKENDS:
+        with pytest.raises(ValueError) as info:
+            run(op, kw, b)
+        out.append(str(info.value))
+    return out
+
+
+@pytest.mark.skipif(len(BACKENDS) < 2, reason="needs the compiled extension")
+@pytest.mark.parametrize("kind", MUTATIONS)
+@FEW
+@given(data=st.data(), c=cases())
+def test_both_backends_refuse_a_bad_tensor_in_the_same_words(kind, data, c):
+    op = data.draw(st.sampled_from(OPS))
+    kw = case_args(op, c)
+    arg = data.draw(st.sampled_from([a for a in TENSOR_ARGS[op] if kw[a] is not None]))
+    kw[arg] = mutate(kw[arg], kind, data.draw)
+    fused_message, reference_message = messages(op, kw)
+    assert fused_message == reference_message
+
+
+INVALID_VALUES = [(name, value) for name, value in INVALID if name != "backend"]  # (backend: the one each runs)
+
+
+@pytest.mark.skipif(len(BACKENDS) < 2, reason="needs the compiled extension")
+@pytest.mark.parametrize("name,value", INVALID_VALUES, ids=[f"{n}={v!r}"[:40] for n, v in INVALID_VALUES])
+@settings(PROPS, max_examples=2)
+@given(data=st.data(), c=cases())
+def test_both_backends_refuse_a_bad_hyperparameter_in_the_same_words(name, value, data, c):
+    op = data.draw(st.sampled_from(("unroll_bc", "meta_gradient")))
+    kw, _, _ = draw_hyper(data, c, op, forced=(name, value))
+    fused_message, reference_message = messages(op, kw)
+    assert fused_message == reference_message
+
+
 # -- the compiled ops' own wrappers, in a subprocess (a wrong shape there used to read past the
 #    end of the buffer; a crash must not take the test session down) ----------------------------
 

@@ -9,7 +9,7 @@ import torch
 
 import obd_fast
 from obd_fast import memory
-from obd_fast.fused import spec_args, stored_state_bytes
+from obd_fast.fused import stored_state_bytes
 from helpers import case_meta_gradient, check_against_plain, make_case, odd_case
 
 pytestmark = pytest.mark.skipif(not obd_fast.fused_available(), reason=f"no extension: {obd_fast.build_info()}")
@@ -84,18 +84,23 @@ def test_memory_guard_counts_the_pool_as_available(monkeypatch):
 def test_relu_epilogue_passes_nan_like_torch(precision):
     # The fused bias+ReLU pass must not turn a NaN pre-activation into 0: the distill driver
     # detects a diverged inner loop by its non-finite result, and a theta that diverged in a few
-    # entries would otherwise give finite numbers. The public ops reject non-finite theta, so the
-    # raw op gets it: second-layer unit 0 has NaN weights, the other units are finite.
-    case = make_case(SPEC, 19, 23, 3, torch.float32, seed=4)
-    spec, theta = case["spec"], case["theta0"].clone()
-    w1 = theta[33 * 7 + 33: 33 * 7 + 33 + 17 * 33].view(17, 33)  # DESIGN.md's flat layout
-    w1[0] = float("nan")
-    raw = lambda th, p: torch.ops.obd_fast.weighted_loss(th, case["obs"], case["target"], case["weight"],
-                                                          case["outer_noise"], *spec_args(spec), [0, 0, 0, 0], p)[0]
-    prec = 1 if precision == "bf16" else 0
-    assert torch.isnan(raw(theta, prec))
-    assert torch.isnan(spec.forward(theta, case["obs"], case["outer_noise"])).all()  # torch's ReLU agrees
-    assert torch.isfinite(raw(case["theta0"], prec))
+    # entries would otherwise give finite numbers. The ops refuse a non-finite theta0, so the
+    # inner step diverges in one entry: W_1[0, 0] = 3e38 with weight decay 2 steps to -inf, and
+    # the outer loss then meets 0 * -inf in unit 0 of the second layer only (its input, unit 0
+    # of the first layer, is dead: bias -1e3), a NaN pre-activation that must reach the loss.
+    case = make_case(SPEC, 19, 23, 1, torch.float32, seed=4)
+    spec, theta0 = case["spec"], case["theta0"].clone()
+    b0_0, w1_00 = 33 * 7, 33 * 7 + 33  # offsets in the flat layout (docs/design.md)
+    theta0[b0_0], theta0[w1_00] = -1e3, 3e38
+    hyper = dict(lr=0.1, weight_decay=2.0)  # and the case's one step
+    loss = lambda th: case_meta_gradient(dict(case, theta0=th), obd_fast.meta_gradient, backend="fused",
+                                         precision=precision, **hyper)[0]
+    assert torch.isnan(loss(theta0))
+    theta1 = obd_fast.unroll_bc(theta0, case["syn_obs"], case["syn_act"], spec, steps=1, noise=case["inner_noise"],
+                                backend="reference", **hyper)
+    assert theta1[w1_00] == -float("inf") and int((~torch.isfinite(theta1)).sum()) == 1
+    assert torch.isnan(spec.forward(theta1, case["obs"], case["outer_noise"])).all()  # torch's ReLU agrees
+    assert torch.isfinite(loss(case["theta0"]))
 
 
 def test_bf16_products_with_bias_match_float32_closely():

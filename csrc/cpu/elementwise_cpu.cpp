@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "../head_args.h"
+#include "../sgd_math.h"
 #include "vec_math.h"
 
 namespace obd_fast {
@@ -33,7 +34,7 @@ constexpr int64_t kHeadBlock = 256;
 template <typename T>
 void head_trig_block(const head::HeadArgs<T>& a, int64_t begin, int64_t end, T* se, T* th) {
   for (int64_t idx = begin; idx < end; ++idx) {
-    const head::HeadTrig<T> t = head::head_trig(a, idx / a.act, idx % a.act);
+    const head::HeadTrig<T> t = head::head_trig(a, idx / a.act_dim, idx % a.act_dim);
     se[idx - begin] = t.sigma_eps;
     th[idx - begin] = t.th;
   }
@@ -55,11 +56,11 @@ void head_trig_block<float>(const head::HeadArgs<float>& a, int64_t begin, int64
   float mu[kHeadBlock], s[kHeadBlock], eps[kHeadBlock];
   const bool noisy = a.scalars != nullptr && a.noise != nullptr;
   for (int64_t idx = begin; idx < end; ++idx) {
-    const int64_t i = idx / a.act, j = idx % a.act, k = idx - begin;
+    const int64_t i = idx / a.act_dim, j = idx % a.act_dim, k = idx - begin;
     mu[k] = a.z[i * a.out + j];
     if (noisy) {
       s[k] = head::clamp_log_std(head::head_log_std(a, i, j));
-      eps[k] = a.noise[i * a.act + j];
+      eps[k] = a.noise[i * a.act_dim + j];
     }
   }
   trig_columns(mu, noisy ? s : nullptr, eps, end - begin, se, th);
@@ -68,7 +69,7 @@ void head_trig_block<float>(const head::HeadArgs<float>& a, int64_t begin, int64
 // f(idx, trig) for every head element, the transcendental parts a block at a time.
 template <typename T, typename F>
 void for_head_elements(const head::HeadArgs<T>& a, const F& f) {
-  at::parallel_for(0, a.n * a.act, kGrain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, a.n * a.act_dim, kGrain, [&](int64_t begin, int64_t end) {
     T se[kHeadBlock], th[kHeadBlock];
     for (int64_t b0 = begin; b0 < end; b0 += kHeadBlock) {
       const int64_t b1 = std::min(end, b0 + kHeadBlock);
@@ -118,16 +119,16 @@ OBD_FAST_CPU_CLONES void sgd_range(const T* theta, const T* grad, T* buf, T* nex
                                    int64_t begin, int64_t end) {
   if (buf == nullptr) {  // two loops, so that neither tests buf per element
     T* const none = nullptr;
-    for (int64_t k = begin; k < end; ++k) head::sgd_element(theta, grad, none, next, lr, momentum, weight_decay, k);
+    for (int64_t k = begin; k < end; ++k) sgd::update_element(theta, grad, none, next, lr, momentum, weight_decay, k);
   } else {
-    for (int64_t k = begin; k < end; ++k) head::sgd_element(theta, grad, buf, next, lr, momentum, weight_decay, k);
+    for (int64_t k = begin; k < end; ++k) sgd::update_element(theta, grad, buf, next, lr, momentum, weight_decay, k);
   }
 }
 
 template <typename T>
 OBD_FAST_CPU_CLONES void adjoint_range(T* a, const T* hu, T* u, T lr, T momentum, T weight_decay, int64_t begin,
                                        int64_t end) {
-  for (int64_t k = begin; k < end; ++k) head::adjoint_element(a, hu, u, lr, momentum, weight_decay, k);
+  for (int64_t k = begin; k < end; ++k) sgd::adjoint_element(a, hu, u, lr, momentum, weight_decay, k);
 }
 }  // namespace
 

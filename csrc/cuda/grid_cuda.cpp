@@ -8,7 +8,7 @@
 #include <cstdio>
 #include <vector>
 
-#include "../env.h"
+#include "../grid_step.h"
 #include "grid_kernels.h"
 
 namespace obd_fast {
@@ -16,10 +16,10 @@ namespace cuda {
 
 namespace {
 
-// OBD_FAST_GRID_PROFILE=1: each eager (not captured) launch stamps every phase and prints the
-// mean time of each phase of a step to stderr. For finding the slow phase; costs a sync.
-bool profiling(cudaStream_t stream) {
-  if (env_or("OBD_FAST_GRID_PROFILE", "0") != "1") return false;
+// grid_profile: each eager (not captured) launch stamps every phase and prints the mean time of
+// each phase of a step to stderr. For finding the slow phase; costs a sync.
+bool profiling(const GridLaunch& launch, cudaStream_t stream) {
+  if (!launch.profile) return false;
   cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
   C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
   return status == cudaStreamCaptureStatusNone;
@@ -43,15 +43,16 @@ void print_profile(const at::Tensor& stamps_dev, const char* what, const char* d
 void check_launch(cudaError_t err, const char* what) {
   if (err == cudaErrorCooperativeLaunchTooLarge || err == cudaErrorNotSupported) {
     TORCH_CHECK(false, "obd_fast: the grid program's cooperative ", what, " kernel cannot run on this GPU (",
-                cudaGetErrorString(err), "); set OBD_FAST_STEP_KERNEL=library to use the ATen path");
+                cudaGetErrorString(err), "); pass step_kernel='library' to use the ATen path");
   }
   C10_CUDA_CHECK(err);
 }
 
 template <typename Args, typename Launch>
-void launch_maybe_profiled(Args args, const at::Device& device, const char* what, Launch launch) {
+void launch_maybe_profiled(Args args, const GridLaunch& settings, const at::Device& device, const char* what,
+                           Launch launch) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  if (!profiling(stream)) {
+  if (!profiling(settings, stream)) {
     check_launch(launch(args, stream), what);
     return;
   }
@@ -65,25 +66,25 @@ void launch_maybe_profiled(Args args, const at::Device& device, const char* what
 }  // namespace
 
 template <typename T>
-void grid_forward(const grid::ForwardArgs<T>& args, bool ksplit, int blocks, const at::Device& device) {
+void grid_forward(const grid::ForwardArgs<T>& args, const GridLaunch& launch, const at::Device& device) {
   const c10::cuda::CUDAGuard guard(device);
-  launch_maybe_profiled(args, device, "forward", [&](const grid::ForwardArgs<T>& a, cudaStream_t stream) {
-    return cuda_kernels::launch_grid_forward(a, ksplit, blocks, stream);
+  launch_maybe_profiled(args, launch, device, "forward", [&](const grid::ForwardArgs<T>& a, cudaStream_t stream) {
+    return cuda_kernels::launch_grid_forward(a, launch.blocks, stream);
   });
 }
 
 template <typename T>
-void grid_reverse(const grid::ReverseArgs<T>& args, bool ksplit, int blocks, const at::Device& device) {
+void grid_reverse(const grid::ReverseArgs<T>& args, const GridLaunch& launch, const at::Device& device) {
   const c10::cuda::CUDAGuard guard(device);
-  launch_maybe_profiled(args, device, "reverse", [&](const grid::ReverseArgs<T>& a, cudaStream_t stream) {
-    return cuda_kernels::launch_grid_reverse(a, ksplit, blocks, stream);
+  launch_maybe_profiled(args, launch, device, "reverse", [&](const grid::ReverseArgs<T>& a, cudaStream_t stream) {
+    return cuda_kernels::launch_grid_reverse(a, launch.blocks, stream);
   });
 }
 
-template void grid_forward<float>(const grid::ForwardArgs<float>&, bool, int, const at::Device&);
-template void grid_forward<double>(const grid::ForwardArgs<double>&, bool, int, const at::Device&);
-template void grid_reverse<float>(const grid::ReverseArgs<float>&, bool, int, const at::Device&);
-template void grid_reverse<double>(const grid::ReverseArgs<double>&, bool, int, const at::Device&);
+template void grid_forward<float>(const grid::ForwardArgs<float>&, const GridLaunch&, const at::Device&);
+template void grid_forward<double>(const grid::ForwardArgs<double>&, const GridLaunch&, const at::Device&);
+template void grid_reverse<float>(const grid::ReverseArgs<float>&, const GridLaunch&, const at::Device&);
+template void grid_reverse<double>(const grid::ReverseArgs<double>&, const GridLaunch&, const at::Device&);
 
 }  // namespace cuda
 }  // namespace obd_fast

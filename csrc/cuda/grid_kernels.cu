@@ -71,18 +71,18 @@ struct GridExec {
   }
 };
 
-template <typename T, template <typename, typename> class Tiles>
+template <typename T>
 __global__ void __launch_bounds__(kBlock) grid_forward_kernel(const grid::ForwardArgs<T> args) {
   __shared__ alignas(16) unsigned char smem[grid::kSmemFloats * sizeof(T)];
   GridExec ex(smem, args.profile);
-  grid::forward_steps<T, Tiles>(ex, args);
+  grid::forward_steps<T>(ex, args);
 }
 
-template <typename T, template <typename, typename> class Tiles>
+template <typename T>
 __global__ void __launch_bounds__(kBlock) grid_reverse_kernel(const grid::ReverseArgs<T> args) {
   __shared__ alignas(16) unsigned char smem[grid::kSmemFloats * sizeof(T)];
   GridExec ex(smem, args.profile);
-  grid::reverse_steps<T, Tiles>(ex, args);
+  grid::reverse_steps<T>(ex, args);
 }
 
 // A cooperative launch of kernel with one argument; blocks capped by what can be co-resident.
@@ -103,25 +103,21 @@ cudaError_t launch_cooperative(const void* kernel, const Args& args, int blocks,
 }  // namespace
 
 template <typename T>
-cudaError_t launch_grid_forward(const grid::ForwardArgs<T>& args, bool ksplit, int blocks, cudaStream_t stream) {
+cudaError_t launch_grid_forward(const grid::ForwardArgs<T>& args, int blocks, cudaStream_t stream) {
   if (args.t1 <= args.t0) return cudaSuccess;
-  const void* kernel = ksplit ? reinterpret_cast<const void*>(&grid_forward_kernel<T, grid::KSplitTiles>)
-                              : reinterpret_cast<const void*>(&grid_forward_kernel<T, grid::SliceTiles>);
-  return launch_cooperative(kernel, args, blocks, stream);
+  return launch_cooperative(reinterpret_cast<const void*>(&grid_forward_kernel<T>), args, blocks, stream);
 }
 
 template <typename T>
-cudaError_t launch_grid_reverse(const grid::ReverseArgs<T>& args, bool ksplit, int blocks, cudaStream_t stream) {
+cudaError_t launch_grid_reverse(const grid::ReverseArgs<T>& args, int blocks, cudaStream_t stream) {
   if (args.t1 <= args.t0) return cudaSuccess;
-  const void* kernel = ksplit ? reinterpret_cast<const void*>(&grid_reverse_kernel<T, grid::KSplitTiles>)
-                              : reinterpret_cast<const void*>(&grid_reverse_kernel<T, grid::SliceTiles>);
-  return launch_cooperative(kernel, args, blocks, stream);
+  return launch_cooperative(reinterpret_cast<const void*>(&grid_reverse_kernel<T>), args, blocks, stream);
 }
 
-template cudaError_t launch_grid_forward<float>(const grid::ForwardArgs<float>&, bool, int, cudaStream_t);
-template cudaError_t launch_grid_forward<double>(const grid::ForwardArgs<double>&, bool, int, cudaStream_t);
-template cudaError_t launch_grid_reverse<float>(const grid::ReverseArgs<float>&, bool, int, cudaStream_t);
-template cudaError_t launch_grid_reverse<double>(const grid::ReverseArgs<double>&, bool, int, cudaStream_t);
+template cudaError_t launch_grid_forward<float>(const grid::ForwardArgs<float>&, int, cudaStream_t);
+template cudaError_t launch_grid_forward<double>(const grid::ForwardArgs<double>&, int, cudaStream_t);
+template cudaError_t launch_grid_reverse<float>(const grid::ReverseArgs<float>&, int, cudaStream_t);
+template cudaError_t launch_grid_reverse<double>(const grid::ReverseArgs<double>&, int, cudaStream_t);
 
 }  // namespace cuda_kernels
 }  // namespace obd_fast

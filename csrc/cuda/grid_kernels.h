@@ -8,13 +8,12 @@
 namespace obd_fast {
 namespace cuda_kernels {
 
-// ksplit: KSplitTiles instead of SliceTiles (grid/tiles.h). blocks: co-resident blocks to launch
-// (0: one per multiprocessor; never more than fit at once).
+// blocks: co-resident blocks to launch (0: one per multiprocessor; never more than fit at once).
 template <typename T>
-cudaError_t launch_grid_forward(const grid::ForwardArgs<T>& args, bool ksplit, int blocks, cudaStream_t stream);
+cudaError_t launch_grid_forward(const grid::ForwardArgs<T>& args, int blocks, cudaStream_t stream);
 
 template <typename T>
-cudaError_t launch_grid_reverse(const grid::ReverseArgs<T>& args, bool ksplit, int blocks, cudaStream_t stream);
+cudaError_t launch_grid_reverse(const grid::ReverseArgs<T>& args, int blocks, cudaStream_t stream);
 
 }  // namespace cuda_kernels
 }  // namespace obd_fast

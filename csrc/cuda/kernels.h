@@ -1,10 +1,11 @@
 // Launchers of the CUDA elementwise kernels. Raw pointers and a stream only: this header and the
-// .cu files that implement it need the CUDA runtime and head_math.h, never torch.
+// .cu files that implement it need the CUDA runtime, head_math.h and sgd_math.h, never torch.
 #pragma once
 
 #include <cuda_runtime_api.h>
 
 #include "../head_math.h"
+#include "../sgd_math.h"
 
 namespace obd_fast {
 namespace cuda_kernels {

@@ -11,12 +11,13 @@
 // phase reads or writes, and reads only what earlier phases (or itself) wrote; inside a block
 // item, threads meet only at the block's barriers (Block::sync).
 //
-// The math is mlp.cpp's loss_grad / hessian_vector and head_math.h's element functions; the
-// record layout is record_views' (non-compact), so tapes are interchangeable with the ATen path.
-// No torch, no CUDA runtime here.
+// The math is mlp.cpp's loss_grad / hessian_vector and the element functions of head_math.h and
+// sgd_math.h; the record layout is record_views' (non-compact), so tapes are interchangeable with
+// the ATen path. No torch, no CUDA runtime here.
 #pragma once
 
 #include "../head_math.h"
+#include "../sgd_math.h"
 #include "tiles.h"
 
 namespace obd_fast {
@@ -24,8 +25,8 @@ namespace grid {
 
 constexpr int kMaxLayers = 8;
 // A dot product of the last layer is split over kDotSplit items (each a strided slice of k),
-// and a sum over the head's n * act terms over kSumChunks items: one item walking all of k or
-// all terms was a chain of dependent loads far longer than the rest of its phase.
+// and a sum over the head's n * act_dim terms over kSumChunks items: one item walking all of k
+// or all terms would be a chain of dependent loads far longer than the rest of its phase.
 constexpr int kDotSplit = 16;
 constexpr int kSumChunks = 32;
 
@@ -33,19 +34,20 @@ constexpr int kSumChunks = 32;
 // split dot products, the head, and L backward layers.
 inline constexpr int phases_per_step(int L) { return 2 * L + 1; }
 
-// Shapes of the MLP and offsets of its parameters in theta (DESIGN.md's flat layout).
+// Shapes of the MLP and offsets of its parameters in theta (docs/design.md: the flat layout).
 struct Net {
   int L = 0;                      // layers
   int widths[kMaxLayers + 1] = {};
   int w_off[kMaxLayers] = {}, b_off[kMaxLayers] = {};
-  int head_off = 0, P = 0, act = 0;
+  int head_off = 0, P = 0, act_dim = 0;
   bool gaussian = false;
   double max_action = 1.0;
 };
 
-// Offsets (elements) of one step's record: act_l (l = 0 .. L-2), dloss/dz_l (l = 0 .. L-1), z_out.
+// Offsets (elements) of one step's record: activations A_l (l = 0 .. L-2), dloss/dz_l
+// (l = 0 .. L-1), z_out.
 struct RecordLayout {
-  int act[kMaxLayers] = {}, grad[kMaxLayers] = {}, z_out = 0;
+  int activations[kMaxLayers] = {}, dloss_dz[kMaxLayers] = {}, z_out = 0;
 };
 
 // What the forward and the reverse phase share: the network, the record layout, the synthetic
@@ -56,8 +58,8 @@ struct StepArgs {
   RecordLayout rec;
   int n = 0;                     // synthetic rows
   const T* obs = nullptr;        // (n, obs_dim)
-  const T* target = nullptr;     // (n, act)
-  const T* noise = nullptr;      // (steps, n, act) of the whole unroll, or null
+  const T* target = nullptr;     // (n, act_dim)
+  const T* noise = nullptr;      // (steps, n, act_dim) of the whole unroll, or null
   long long rec_stride = 0;      // slot k of the records at records + k * rec_stride
   T lr = 0, momentum = 0, weight_decay = 0;
   int t0 = 0, t1 = 0;
@@ -69,7 +71,7 @@ struct ForwardArgs : StepArgs<T> {
   T* thetas = nullptr;           // row k: theta_{t0 + k}; rows 1 .. t1 - t0 are written
   T* records = nullptr;          // rec_stride 0: one slot reused by every step
   T* buf = nullptr;              // momentum buffer or null
-  T* partials = nullptr;         // scratch: 3 * n * act
+  T* partials = nullptr;         // scratch: 3 * n * act_dim
   T* dots = nullptr;             // scratch: n * out * kDotSplit (split dot products of the last layer)
   T* sums = nullptr;             // scratch: 2 * kSumChunks (chunk sums of the head's partial terms)
   bool last_update = true;       // false: the last step only fills its record
@@ -83,10 +85,10 @@ struct ReverseArgs : StepArgs<T> {
   T* u = nullptr;                // adjoint of the update direction; holds the result at the end
   T* u_alt = nullptr;            // scratch: P (u is double-buffered within the kernel)
   T* d_obs = nullptr;            // (n, obs_dim) +=
-  T* d_target = nullptr;         // (n, act) +=
+  T* d_target = nullptr;         // (n, act_dim) +=
   T* tangent = nullptr;          // scratch: Adot_l / Zdot_out, at tan_off[l]
   T* q = nullptr;                // scratch: Q_l, at tan_off[l]
-  T* partials = nullptr;         // scratch: 2 * n * act
+  T* partials = nullptr;         // scratch: 2 * n * act_dim
   T* dots = nullptr;             // scratch: n * out * kDotSplit
   T* sums = nullptr;             // scratch: 2 * kSumChunks
   int tan_off[kMaxLayers] = {};
@@ -111,7 +113,7 @@ OBD_HD T chunk_sum(const T* x, int count, int chunk) {
 }
 
 // The (m, o) entries of a gradient or of H u, from the head's per-element terms m_terms and
-// o_terms (n * act each): kSumChunks items of chunk sums in the phase of layer L-1, then one item
+// o_terms (n * act_dim each): kSumChunks items of chunk sums in the phase of layer L-1, then one item
 // that totals them in the phase of layer L-2 and hands them to apply(m_total, o_total).
 OBD_HD int head_scalar_items(const Net& net, int l, bool wanted) {
   if (!wanted || !net.gaussian) return 0;
@@ -142,17 +144,17 @@ OBD_HD T dot_slice(const T* x, const T* y, int K, int part) {
   return s0 + s1;
 }
 
-// One SGD step of element k (head_math.h's sgd_update), the gradient given as a value.
+// One SGD step of element k (sgd_math.h's update), the gradient given as a value.
 template <typename T>
 OBD_HD void sgd_at(const ForwardArgs<T>& f, const T* theta, T* theta_next, int k, T g) {
-  theta_next[k] = head::sgd_update(theta[k], g, f.buf != nullptr ? f.buf + k : nullptr, f.lr, f.momentum,
+  theta_next[k] = sgd::update(theta[k], g, f.buf != nullptr ? f.buf + k : nullptr, f.lr, f.momentum,
                                    f.weight_decay);
 }
 
-// One adjoint step of element k given hu = (H u)_k (head_math.h's adjoint_update).
+// One adjoint step of element k given hu = (H u)_k (sgd_math.h's adjoint_update).
 template <typename T>
 OBD_HD void adjoint_at(const ReverseArgs<T>& r, const T* u, T* u_next, int k, T hu) {
-  u_next[k] = head::adjoint_update(r.a + k, hu, u[k], r.lr, r.momentum, r.weight_decay);
+  u_next[k] = sgd::adjoint_update(r.a + k, hu, u[k], r.lr, r.momentum, r.weight_decay);
 }
 
 template <typename T>
@@ -165,9 +167,9 @@ OBD_HD head::HeadArgs<T> head_args(const Net& net, int n, const T* z, const T* t
   h.weight = nullptr;
   h.scalars = net.gaussian ? theta + net.head_off : nullptr;
   h.max_action = static_cast<T>(net.max_action);
-  h.scale = T(1) / static_cast<T>(n * net.act);
+  h.scale = T(1) / static_cast<T>(n * net.act_dim);
   h.n = n;
-  h.act = net.act;
+  h.act_dim = net.act_dim;
   h.out = net.widths[net.L];
   return h;
 }
@@ -195,22 +197,22 @@ OBD_HD void item_phase(Exec& ex, int items, Item&& item) {
 // Forward: steps t0 .. t1-1 (mlp.cpp's loss_grad, then the SGD step fused into the gradients'
 // epilogues). phases_per_step(L) phases per step.
 //
-// Exec::phase(block_items, block_item(Block&, b), items, item(w)) runs one phase. TilesT<T,
-// Block> (tiles.h) computes the block tiles of the products.
-template <typename T, template <typename, typename> class TilesT, typename Exec>
+// Exec::phase(block_items, block_item(Block&, b), items, item(w)) runs one phase; SliceTiles
+// (tiles.h) computes the block tiles of the products.
+template <typename T, typename Exec>
 OBD_HD void forward_steps(Exec& ex, const ForwardArgs<T>& f) {
   using Block = typename Exec::Block;
-  using Tiles = TilesT<T, Block>;
+  using Tiles = SliceTiles<T, Block>;
   const Net& net = f.net;
-  const int L = net.L, n = f.n, act = net.act, out_w = net.widths[L];
+  const int L = net.L, n = f.n, act_dim = net.act_dim, out_w = net.widths[L];
   for (int t = f.t0; t < f.t1; ++t) {
     const int k = t - f.t0;
     const T* theta = f.thetas + static_cast<long long>(k) * net.P;
     T* theta_next = f.thetas + static_cast<long long>(k + 1) * net.P;
     T* rec = f.records + k * f.rec_stride;
-    const T* noise = f.noise != nullptr ? f.noise + static_cast<long long>(t) * n * act : nullptr;
+    const T* noise = f.noise != nullptr ? f.noise + static_cast<long long>(t) * n * act_dim : nullptr;
     const bool update = f.last_update || t + 1 < f.t1;
-    auto input = [&](int l) -> const T* { return l == 0 ? f.obs : rec + f.rec.act[l - 1]; };
+    auto input = [&](int l) -> const T* { return l == 0 ? f.obs : rec + f.rec.activations[l - 1]; };
 
     // Hidden layers: A_l = relu(A_{l-1} W_l^T + b_l).
     for (int l = 0; l <= L - 2; ++l) {
@@ -218,7 +220,7 @@ OBD_HD void forward_steps(Exec& ex, const ForwardArgs<T>& f) {
       const TileGrid tiles(n, w);
       const Mat<T> X{input(l), in_w, 1}, Wt{theta + net.w_off[l], 1, in_w};  // Wt(k, j) = W_l(j, k)
       const T* bias = theta + net.b_off[l];
-      T* y = rec + f.rec.act[l];
+      T* y = rec + f.rec.activations[l];
       block_phase(ex, tiles.count, [&](Block& bx, int b) {
         const int i0 = tiles.row0(b), j0 = tiles.col0(b);
         typename Tiles::Acc acc;
@@ -235,23 +237,23 @@ OBD_HD void forward_steps(Exec& ex, const ForwardArgs<T>& f) {
     const int l_out = L - 1, k_out = net.widths[l_out];
     const T* x_out = input(l_out);
     const T* w_out = theta + net.w_off[l_out];
-    const int z_cols = net.gaussian ? 2 * act : act;  // columns the head reads
+    const int z_cols = net.gaussian ? 2 * act_dim : act_dim;  // columns the head reads
     item_phase(ex, n * z_cols * kDotSplit, [&](int item) {
       const int part = item % kDotSplit, e = item / kDotSplit, i = e / z_cols, jj = e % z_cols;
       f.dots[item] = dot_slice(x_out + static_cast<long long>(i) * k_out, w_out + static_cast<long long>(jj) * k_out,
                                k_out, part);
     });
 
-    // Head, one item per (row, action): z_out[i, j] (and z_out[i, act + j]) from the slices,
+    // Head, one item per (row, action): z_out[i, j] (and z_out[i, act_dim + j]) from the slices,
     // then dloss/dz_out and the per-element terms of dloss/d(m, o).
     {
       const T* bias = theta + net.b_off[l_out];
       T* z = rec + f.rec.z_out;
       const head::HeadArgs<T> h = head_args(net, n, z, f.target, noise, theta);
-      const head::GradOut<T> o{rec + f.rec.grad[l_out], f.partials, nullptr, nullptr};
-      item_phase(ex, n * act, [&](int item) {
-        const int i = item / act, j = item % act;
-        for (int jj = j; jj < z_cols; jj += act) {
+      const head::GradOut<T> o{rec + f.rec.dloss_dz[l_out], f.partials, nullptr, nullptr};
+      item_phase(ex, n * act_dim, [&](int item) {
+        const int i = item / act_dim, j = item % act_dim;
+        for (int jj = j; jj < z_cols; jj += act_dim) {
           const T* d = f.dots + static_cast<long long>(i * z_cols + jj) * kDotSplit;
           z[i * out_w + jj] = bias[jj] + strided_sum(d, kDotSplit, 1);
         }
@@ -264,12 +266,12 @@ OBD_HD void forward_steps(Exec& ex, const ForwardArgs<T>& f) {
     // SGD in the epilogue of each gradient.
     for (int l = L - 1; l >= 0; --l) {
       const int in_w = net.widths[l], w = net.widths[l + 1];
-      const T* P = rec + f.rec.grad[l];
+      const T* P = rec + f.rec.dloss_dz[l];
       const TileGrid tw(update ? w : 0, in_w), tp(l > 0 ? n : 0, in_w);
       const Mat<T> Pt{P, 1, w}, X{input(l), in_w, 1};  // P^T (w x n), A_{l-1} (n x in_w)
       const Mat<T> Pm{P, w, 1}, Wm{theta + net.w_off[l], in_w, 1};
-      T* p_prev = l > 0 ? rec + f.rec.grad[l - 1] : nullptr;
-      const T* mask = l > 0 ? rec + f.rec.act[l - 1] : nullptr;
+      T* p_prev = l > 0 ? rec + f.rec.dloss_dz[l - 1] : nullptr;
+      const T* mask = l > 0 ? rec + f.rec.activations[l - 1] : nullptr;
       const int n_b = update ? w : 0, n_s = head_scalar_items(net, l, update);
       ex.phase(
           tw.count + tp.count,
@@ -297,7 +299,7 @@ OBD_HD void forward_steps(Exec& ex, const ForwardArgs<T>& f) {
               sgd_at(f, theta, theta_next, net.b_off[l] + item, strided_sum(P + item, n, w));
               return;
             }
-            const int total = n * act;  // partials: loss, d/dm, d/do terms
+            const int total = n * act_dim;  // partials: loss, d/dm, d/do terms
             head_scalar_item(net, l, item - n_b, f.partials + total, f.partials + 2 * total, total, f.sums,
                              [&](T gm, T go) {
                                sgd_at(f, theta, theta_next, net.head_off, gm);
@@ -312,22 +314,22 @@ OBD_HD void forward_steps(Exec& ex, const ForwardArgs<T>& f) {
 // Reverse: steps t1-1 .. t0 (mlp.cpp's hessian_vector, with the adjoint step fused into the
 // epilogues of H u). phases_per_step(L) phases per step, plus one at the end when u ends in
 // u_alt.
-template <typename T, template <typename, typename> class TilesT, typename Exec>
+template <typename T, typename Exec>
 OBD_HD void reverse_steps(Exec& ex, const ReverseArgs<T>& r) {
   using Block = typename Exec::Block;
-  using Tiles = TilesT<T, Block>;
+  using Tiles = SliceTiles<T, Block>;
   const Net& net = r.net;
-  const int L = net.L, n = r.n, act = net.act, out_w = net.widths[L];
+  const int L = net.L, n = r.n, act_dim = net.act_dim, out_w = net.widths[L];
   T* u_cur = r.u;
   T* u_next = r.u_alt;
   for (int t = r.t1 - 1; t >= r.t0; --t) {
     const int k = t - r.t0;
     const T* theta = r.thetas + static_cast<long long>(k) * net.P;
     const T* rec = r.records + k * r.rec_stride;
-    const T* noise = r.noise != nullptr ? r.noise + static_cast<long long>(t) * n * act : nullptr;
+    const T* noise = r.noise != nullptr ? r.noise + static_cast<long long>(t) * n * act_dim : nullptr;
     const T* u = u_cur;
     T* u_out = u_next;
-    auto input = [&](int l) -> const T* { return l == 0 ? r.obs : rec + r.rec.act[l - 1]; };
+    auto input = [&](int l) -> const T* { return l == 0 ? r.obs : rec + r.rec.activations[l - 1]; };
 
     // Tangent forward along u: Adot_l = mask_l * (A_{l-1} U_l^T + c_l + Adot_{l-1} W_l^T).
     for (int l = 0; l <= L - 2; ++l) {
@@ -336,7 +338,7 @@ OBD_HD void reverse_steps(Exec& ex, const ReverseArgs<T>& r) {
       const Mat<T> X{input(l), in_w, 1}, Ut{u + net.w_off[l], 1, in_w};
       const Mat<T> Ad{l > 0 ? r.tangent + r.tan_off[l - 1] : nullptr, in_w, 1}, Wt{theta + net.w_off[l], 1, in_w};
       const T* c = u + net.b_off[l];
-      const T* mask = rec + r.rec.act[l];
+      const T* mask = rec + r.rec.activations[l];
       T* y = r.tangent + r.tan_off[l];
       block_phase(ex, tiles.count, [&](Block& bx, int b) {
         const int i0 = tiles.row0(b), j0 = tiles.col0(b);
@@ -358,7 +360,7 @@ OBD_HD void reverse_steps(Exec& ex, const ReverseArgs<T>& r) {
     const T* ad_out = r.tangent + r.tan_off[l_out - 1];
     const T* w_out = theta + net.w_off[l_out];
     const T* u_w_out = u + net.w_off[l_out];
-    const int z_cols = net.gaussian ? 2 * act : act;
+    const int z_cols = net.gaussian ? 2 * act_dim : act_dim;
     item_phase(ex, n * z_cols * kDotSplit, [&](int item) {
       const int part = item % kDotSplit, e = item / kDotSplit, i = e / z_cols, jj = e % z_cols;
       const long long xi = static_cast<long long>(i) * k_out, wj = static_cast<long long>(jj) * k_out;
@@ -372,9 +374,9 @@ OBD_HD void reverse_steps(Exec& ex, const ReverseArgs<T>& r) {
       const head::HeadArgs<T> h = head_args(net, n, rec + r.rec.z_out, r.target, noise, theta);
       const head::HvpArgs<T> hv{zdot, net.gaussian ? u + net.head_off : nullptr};
       const head::HvpOut<T> o{r.q + r.tan_off[l_out], r.partials, r.d_target};
-      item_phase(ex, n * act, [&](int item) {
-        const int i = item / act, j = item % act;
-        for (int jj = j; jj < z_cols; jj += act) {
+      item_phase(ex, n * act_dim, [&](int item) {
+        const int i = item / act_dim, j = item % act_dim;
+        for (int jj = j; jj < z_cols; jj += act_dim) {
           const T* d = r.dots + static_cast<long long>(i * z_cols + jj) * kDotSplit;
           zdot[i * out_w + jj] = c[jj] + strided_sum(d, kDotSplit, 1);
         }
@@ -389,13 +391,13 @@ OBD_HD void reverse_steps(Exec& ex, const ReverseArgs<T>& r) {
     for (int l = L - 1; l >= 0; --l) {
       const int in_w = net.widths[l], w = net.widths[l + 1];
       const T* Q = r.q + r.tan_off[l];
-      const T* P = rec + r.rec.grad[l];
+      const T* P = rec + r.rec.dloss_dz[l];
       const TileGrid tw(w, in_w), tp(l > 0 || r.d_obs != nullptr ? n : 0, in_w);
       const Mat<T> Qt{Q, 1, w}, Pt{P, 1, w}, X{input(l), in_w, 1};
       const Mat<T> Ad{l > 0 ? r.tangent + r.tan_off[l - 1] : nullptr, in_w, 1};
       const Mat<T> Qm{Q, w, 1}, Pm{P, w, 1}, Wm{theta + net.w_off[l], in_w, 1}, Um{u + net.w_off[l], in_w, 1};
       T* q_prev = l > 0 ? r.q + r.tan_off[l - 1] : r.d_obs;
-      const T* mask = l > 0 ? rec + r.rec.act[l - 1] : nullptr;
+      const T* mask = l > 0 ? rec + r.rec.activations[l - 1] : nullptr;
       const int n_s = head_scalar_items(net, l, true);
       ex.phase(
           tw.count + tp.count,
@@ -429,7 +431,7 @@ OBD_HD void reverse_steps(Exec& ex, const ReverseArgs<T>& r) {
               adjoint_at(r, u, u_out, net.b_off[l] + item, strided_sum(Q + item, n, w));
               return;
             }
-            const int total = n * act;  // partials: d/dm, d/do terms of H u
+            const int total = n * act_dim;  // partials: d/dm, d/do terms of H u
             head_scalar_item(net, l, item - w, r.partials, r.partials + total, total, r.sums, [&](T hm, T ho) {
               adjoint_at(r, u, u_out, net.head_off, hm);
               adjoint_at(r, u, u_out, net.head_off + 1, ho);

@@ -7,14 +7,10 @@
 // each thread t (on the GPU: f(threadIdx.x)), Block::sync() is the block barrier,
 // Block::Local<V> is one V per thread, Block::smem<T>() the block's shared buffer (kSmemFloats T).
 //
-// Two ways to multiply a staged slice (TilesT of forward_steps / reverse_steps):
-//   SliceTiles: thread t owns 2 x 2 outputs and walks all of the slice's k. Measured on an H100.
-//   KSplitTiles: 4 groups of 64 threads each take a quarter of the slice's k with 4 x 4 outputs
-//     per thread (half the shared-memory reads per multiply-add, read 4 at a time), and the
-//     groups' partial tiles are summed through shared memory at the end. Not yet run on a GPU.
+// SliceTiles multiplies a staged slice: thread t owns 2 x 2 outputs and walks all of the slice's k.
 #pragma once
 
-#include "../head_math.h"
+#include "../host_device.h"
 
 namespace obd_fast {
 namespace grid {
@@ -30,7 +26,7 @@ constexpr int kBlockThreads = 256;
 constexpr int kTile = 32;
 constexpr int kSlice = 64;
 constexpr int kLoads = kTile * kSlice / kBlockThreads;  // elements of each operand per thread
-constexpr int kSmemFloats = 2 * kSlice * (kTile + 4);   // two staged slices at the widest pitch
+constexpr int kSmemFloats = 2 * kSlice * (kTile + 1);   // two staged slices at SliceTiles::kPitch
 
 // The tiles of an M x N product: block item b is tile (b / cols, b % cols).
 struct TileGrid {
@@ -100,24 +96,18 @@ OBD_HD void for_each_slice(Block& bx, const Mat<T>& A, const Mat<T>& B, int i0, 
   }
 }
 
-// The per-thread accumulators of a tile policy, R x C values per thread, and their zeroing.
-template <typename T, typename Block, int R, int C>
-struct TileAccumulators {
+// 2 x 2 outputs per thread: (r + 16 a, c + 16 b) with (r, c) = (t / 16, t % 16).
+template <typename T, typename Block>
+struct SliceTiles {
   struct Values {
-    T v[R][C];
+    T v[2][2];
   };
   using Acc = typename Block::template Local<Values>;
+  static constexpr int kPitch = kTile + 1;  // staged rows one float apart: conflict-free stores
 
   OBD_HD static void zero(Block& bx, Acc& acc) {
     bx.threads([&](int t) { acc(t) = Values{}; });  // value-initialized: every v[a][b] = 0
   }
-};
-
-// 2 x 2 outputs per thread: (r + 16 a, c + 16 b) with (r, c) = (t / 16, t % 16).
-template <typename T, typename Block>
-struct SliceTiles : TileAccumulators<T, Block, 2, 2> {
-  using Acc = typename TileAccumulators<T, Block, 2, 2>::Acc;
-  static constexpr int kPitch = kTile + 1;  // staged rows one float apart: conflict-free stores
 
   // acc += the tile (i0, j0) of A B.
   OBD_HD static void mac(Block& bx, Acc& acc, const Mat<T>& A, const Mat<T>& B, int i0, int j0, int M, int N, int K) {
@@ -151,73 +141,6 @@ struct SliceTiles : TileAccumulators<T, Block, 2, 2> {
           if (i < M && j < N) out(i, j, acc(t).v[a][b]);
         }
     });
-  }
-};
-
-// Four consecutive staged values (16- or 32-byte aligned: the pitch and the offsets are multiples of 4).
-template <typename T>
-OBD_HD void load4(const T* p, T (&v)[4]) {
-#if defined(__CUDA_ARCH__)
-  if constexpr (sizeof(T) == 4) {
-    const float4 q = *reinterpret_cast<const float4*>(p);
-    v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
-    return;
-  } else {
-    const double2 q0 = reinterpret_cast<const double2*>(p)[0], q1 = reinterpret_cast<const double2*>(p)[1];
-    v[0] = q0.x, v[1] = q0.y, v[2] = q1.x, v[3] = q1.y;
-    return;
-  }
-#else
-  for (int q = 0; q < 4; ++q) v[q] = p[q];
-#endif
-}
-
-// Group g = t / 64 multiplies k in [g * kSlice / 4, (g + 1) * kSlice / 4) of each slice; thread
-// (r, c) = ((t % 64) / 8, t % 8) of a group owns outputs (4 r + a, 4 c + b).
-template <typename T, typename Block>
-struct KSplitTiles : TileAccumulators<T, Block, 4, 4> {
-  using Acc = typename TileAccumulators<T, Block, 4, 4>::Acc;
-  static constexpr int kGroups = 4, kGroupK = kSlice / kGroups;
-  static constexpr int kPitch = kTile + 4;  // staged rows 16 bytes apart: aligned 4-wide reads
-
-  OBD_HD static void mac(Block& bx, Acc& acc, const Mat<T>& A, const Mat<T>& B, int i0, int j0, int M, int N, int K) {
-    for_each_slice<kPitch>(bx, A, B, i0, j0, M, N, K, [&](const T* As, const T* Bs) {
-      bx.threads([&](int t) {
-        const int g = t / 64, r = (t % 64) / 8, c = t % 8;
-        T part[4][4] = {};
-        for (int k = g * kGroupK; k < (g + 1) * kGroupK; ++k) {
-          T a[4], b[4];
-          load4(As + k * kPitch + 4 * r, a);
-          load4(Bs + k * kPitch + 4 * c, b);
-          for (int p = 0; p < 4; ++p)
-            for (int q = 0; q < 4; ++q) part[p][q] += a[p] * b[q];
-        }
-        for (int p = 0; p < 4; ++p)
-          for (int q = 0; q < 4; ++q) acc(t).v[p][q] += part[p][q];
-      });
-    });
-  }
-
-  // The groups' partial tiles meet in shared memory; each output is their sum in group order.
-  template <typename Out>
-  OBD_HD static void store(Block& bx, Acc& acc, int i0, int j0, int M, int N, Out&& out) {
-    T* red = bx.template smem<T>();  // [kGroups][kTile * kTile]; free: the last slice ended in a barrier
-    static_assert(kGroups * kTile * kTile <= kSmemFloats, "shared buffer too small for the group sums");
-    bx.threads([&](int t) {
-      const int g = t / 64, r = (t % 64) / 8, c = t % 8;
-      for (int p = 0; p < 4; ++p)
-        for (int q = 0; q < 4; ++q) red[g * kTile * kTile + (4 * r + p) * kTile + 4 * c + q] = acc(t).v[p][q];
-    });
-    bx.sync();
-    bx.threads([&](int t) {
-      for (int e = t; e < kTile * kTile; e += kBlockThreads) {
-        const int i = i0 + e / kTile, j = j0 + e % kTile;
-        T v = red[e];
-        for (int g = 1; g < kGroups; ++g) v += red[g * kTile * kTile + e];
-        if (i < M && j < N) out(i, j, v);
-      }
-    });
-    bx.sync();  // the next block item stages its slices in the same buffer
   }
 };
 

@@ -1,15 +1,11 @@
 """A small fused CUDA case for compute-sanitizer (run by test_cuda_backend.test_memcheck_small_case):
-both heads, with and without checkpoints, through the grid program (both tile kinds) and the ATen path."""
-import os
-
+both heads, with and without checkpoints, through the grid program and the ATen path."""
 import torch
 
 import obd_fast
 from obd_fast import PolicySpec
 
-for kernel, tiles, head in [(k, t, h) for k, t in (("grid", "slice"), ("grid", "ksplit"), ("library", "slice"))
-                            for h in ("gaussian", "tanh")]:
-    os.environ["OBD_FAST_STEP_KERNEL"], os.environ["OBD_FAST_GRID_TILES"] = kernel, tiles
+for kernel, head in [(k, h) for k in ("grid", "library") for h in ("gaussian", "tanh")]:
     spec = PolicySpec(5, 2, (13, 40), head=head)  # 40: two column tiles, one partial
     dev = torch.device("cuda")
     g = torch.Generator().manual_seed(0)
@@ -20,6 +16,6 @@ for kernel, tiles, head in [(k, t, h) for k, t in (("grid", "slice"), ("grid", "
         if head == "gaussian" else {}
     for ck in (None, 2):
         out = obd_fast.meta_gradient(theta0, s, a, spec, x, y, w, steps=3, lr=0.1, momentum=0.9, weight_decay=1e-4,
-                                     checkpoint_every=ck, backend="fused", **noise)
+                                     checkpoint_every=ck, backend="fused", step_kernel=kernel, **noise)
     torch.cuda.synchronize()
 print("memcheck case done")
