@@ -44,11 +44,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from obd_fast.checkpoint import atomic_write, atomic_write_text  # noqa: E402
+from obd_fast.atomic import atomic_write, atomic_write_text  # noqa: E402
 from obd_fast.evaluate import FULL_BC  # noqa: E402
+from obd_fast.objectives import PAPER_OBJECTIVES as OBJECTIVES  # noqa: E402
 
 TASKS = {"hopper": "Hopper-v5", "walker2d": "Walker2d-v5", "halfcheetah": "HalfCheetah-v5"}
-OBJECTIVES = ("dbc", "pbc", "av-pbc")
 METHODS = ("random", *OBJECTIVES)  # the distillation table's rows, in the paper's order
 LABELS = {"random": "random selection", "dbc": "DBC", "pbc": "PBC", "av-pbc": "Av-PBC",
           "bc": "BC (whole dataset)", "teacher": "teacher (TD3+BC)"}

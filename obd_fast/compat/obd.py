@@ -118,32 +118,12 @@ def run_inner_loop(synset_bptt, backbone, backbone_opt, test_dataloader, options
     obs, target, weight, outer_noise = outer_rows(synset_bptt, cfg, test_dataloader, spec, theta0, options.generator)
 
     synset_bptt.synset.zero_grad()  # as the official inner_loop leaves them
-    loss, d_obs, d_act, d_theta0 = meta_gradient_with_theta0(
+    loss, d_obs, d_act, d_theta0 = ops.meta_gradient(
         theta0, syn_obs, syn_act, spec, obs, target, weight, steps=cfg.inner_steps, lr=lr, momentum=momentum,
         weight_decay=weight_decay, inner_noise=inner_noise, outer_noise=outer_noise, backend=options.backend,
-        checkpoint_every=options.checkpoint_every, precision=options.precision)
+        checkpoint_every=options.checkpoint_every, precision=options.precision, return_theta0_grad=True)
     dL_dw = tuple(layout.views(d_theta0, backbone).values())
     return loss, (d_obs, d_act), dL_dw
-
-
-def meta_gradient_with_theta0(theta0, syn_obs, syn_act, spec, obs, target, weight, *, steps, lr, momentum,
-                              weight_decay, inner_noise, outer_noise, backend, checkpoint_every, precision):
-    """(H, dH/d syn_obs, dH/d syn_act, dH/d theta0) of the weighted BC loss after the unroll.
-
-    MERGE POINT (issue 20): this body becomes one call,
-    ``ops.meta_gradient(..., return_theta0_grad=True)``, once that option exists. Until then: the
-    fused unroll and the fused loss under autograd (the same exact gradient)."""
-    with torch.enable_grad():
-        th0 = theta0.detach().requires_grad_(True)
-        s = syn_obs.detach().requires_grad_(True)
-        a = syn_act.detach().requires_grad_(True)
-        theta_T = ops.unroll_bc(th0, s, a, spec, steps=steps, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                                noise=inner_noise, backend=backend, checkpoint_every=checkpoint_every,
-                                precision=precision)
-        loss = ops.weighted_bc_loss(theta_T, spec, obs, target, weight, outer_noise, backend=backend,
-                                    precision=precision)
-        d_theta0, d_obs, d_act = torch.autograd.grad(loss, (th0, s, a))
-    return loss.detach(), d_obs, d_act, d_theta0
 
 
 def outer_rows(synset_bptt, cfg: BPTTConfig, test_dataloader, spec, like: torch.Tensor,
