@@ -5,11 +5,12 @@ the number of outer steps (the paper runs 20k-50k; the demo at most a few hundre
 wall-clock budget shared by the objectives), then
 trains fresh policies by BC on each set (100 SGD steps, lr 0.1), rolls them out in Gymnasium
 Hopper-v5 and prints a table of D4RL normalized returns next to random selection (the sets'
-common starting point: 256 random real pairs) and the teacher itself. It saves the synthetic
+common starting point: 256 random real pairs), BC on the whole dataset (what the 256 pairs stand
+in for) and the teacher itself. It saves the synthetic
 sets, a plot and ``results.json`` into the output directory.
 
-``--quick`` runs the same pipeline on a tiny budget (3 outer steps, 2 episodes, one policy): a
-smoke test, not a result.
+``--quick`` runs the same pipeline on a tiny budget (3 outer steps, 2 episodes, one policy, 20
+steps of whole-data BC): a smoke test, not a result.
 """
 from __future__ import annotations
 
@@ -25,15 +26,17 @@ from . import plots
 from .atomic import atomic_write_text
 from .checks import PRECISIONS
 from .distill import DistillConfig, DistillSettings, distill
+from .evaluate import FULL_BC
 from .objectives import PAPER_OBJECTIVES
 from .options import POS, option, positive_float, widths
 
 BUNDLED_DATA = "bundled:hopper-medium"
 BUNDLED_TEACHER = Path(__file__).resolve().parent / "teacher" / "bundled" / "hopper-medium" / "teacher.pt"
 ENV_ID = "Hopper-v5"
-LABELS = {"random": "random selection", "dbc": "DBC", "pbc": "PBC", "av-pbc": "Av-PBC", "teacher": "teacher"}
+LABELS = {"random": "random selection", "dbc": "DBC", "pbc": "PBC", "av-pbc": "Av-PBC",
+          "bc": "BC on the whole dataset", "teacher": "teacher"}
 # the paper's Table 1 averages over its nine D4RL datasets (N_syn = 256), for orientation only
-PAPER_AVERAGE = {"random": 7.6, "dbc": 20.9, "pbc": 30.4, "av-pbc": 38.2, "teacher": 70.1}
+PAPER_AVERAGE = {"random": 7.6, "dbc": 20.9, "pbc": 30.4, "av-pbc": 38.2, "bc": 45.7, "teacher": 70.1}
 
 
 class DemoInputError(ValueError):
@@ -57,6 +60,7 @@ class DemoConfig:
                                     cli=False)
     episodes: int = option(10, "rollouts per evaluated policy", type=POS)
     policies: int = option(5, "BC-trained policies evaluated per set (mean +- std over them)", type=POS)
+    bc_steps: int = option(FULL_BC["steps"], "minibatch steps of BC on the whole dataset (the BC row)", type=POS)
     seed: int = option(0, type=int)
     # the distillation's sizes default to the paper's (DistillSettings)
     n_syn: int = option(DistillSettings.n_syn, "synthetic pairs", type=POS)
@@ -75,6 +79,7 @@ class DemoConfig:
         if not self.quick:
             return self
         return replace(self, outer_steps=min(self.outer_steps, 3), episodes=min(self.episodes, 2), policies=1,
+                       bc_steps=min(self.bc_steps, 20),
                        max_minutes=min(self.max_minutes, 0.5), real_batches=min(self.real_batches, 2),
                        out_dir=self.out_dir if self.out_dir != DemoConfig.out_dir else DemoConfig.out_dir + "-quick")
 
@@ -99,7 +104,7 @@ def load_inputs(cfg: DemoConfig):
 
 def run_demo(cfg: DemoConfig = DemoConfig(), out=print, data=None, teacher=None) -> dict:
     """Run the demo; ``data`` / ``teacher`` replace the bundled ones (tests, other datasets)."""
-    from .evaluate import evaluate_synset, evaluate_teacher, random_selection
+    from .evaluate import evaluate_bc_full, evaluate_synset, evaluate_teacher, random_selection
     from .policy import PolicySpec
 
     cfg = cfg.resolved()
@@ -146,11 +151,14 @@ def run_demo(cfg: DemoConfig = DemoConfig(), out=print, data=None, teacher=None)
     r = evaluate_synset(start, env_id, episodes=cfg.episodes, policies=cfg.policies, seed=cfg.seed)
     results["random"] = dict(mean=r["mean"], std=r["std"], steps=0, seconds=None)
     start.save(out_dir / "random_selection.pt")
+    bc = evaluate_bc_full(data, env_id, episodes=cfg.episodes, policies=cfg.policies, seed=cfg.seed,
+                          steps=cfg.bc_steps)
+    results["bc"] = dict(mean=bc["mean"], std=bc["std"], steps=None, seconds=None)
     t = evaluate_teacher(teacher, env_id, episodes=cfg.episodes, normalizer=norm)
     results["teacher"] = dict(mean=t["mean"], std=t["std"], steps=None, seconds=None)
     total = time.perf_counter() - t_start
 
-    order = ["random", *cfg.objectives, "teacher"]
+    order = ["random", *cfg.objectives, "bc", "teacher"]
     out("")
     step_times = [v["seconds_per_step"] for v in runs.values() if v["seconds_per_step"]]
     out(f"obd-fast demo{' (quick)' if cfg.quick else ''}: {env_id}, data {source}, N={cfg.n_syn}, T={cfg.inner_steps}, "

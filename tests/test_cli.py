@@ -1,5 +1,6 @@
 """The CLI: distill/evaluate end to end on tiny inputs, the demo's quick mode with stand-ins, and one-line
 errors with exit code 2 for bad arguments, missing or corrupt files, unknown datasets and objectives."""
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -177,7 +178,8 @@ def test_demo_quick_end_to_end(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(demo, "load_inputs", lambda cfg: stand_ins())
     code, out, err = run(capsys, "demo", "--quick", "--out", str(tmp_path / "demo"), "--no-progress")
     assert code == 0, err
-    for label in ("| random selection |", "| DBC |", "| PBC |", "| Av-PBC |", "| teacher |"):
+    for label in ("| random selection |", "| DBC |", "| PBC |", "| Av-PBC |", "| BC on the whole dataset |",
+                  "| teacher |"):
         assert label in out
     assert "(quick)" in out
     for name in ("results.json", "demo.png", "random_selection.pt", "dbc/synset.pt", "pbc/synset.pt",
@@ -185,6 +187,9 @@ def test_demo_quick_end_to_end(tmp_path, capsys, monkeypatch):
         assert (tmp_path / "demo" / name).is_file(), name
     syn = SyntheticSet.load(tmp_path / "demo" / "av-pbc" / "synset.pt")
     assert syn.step == 3 and syn.objective == "av-pbc" and syn.history[-1]["score_mean"] is not None
+    saved = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert list(saved["results"]) == ["dbc", "pbc", "av-pbc", "random", "bc", "teacher"]
+    assert saved["results"]["bc"]["mean"] is not None and saved["config"]["bc_steps"] == 20
     start = SyntheticSet.load(tmp_path / "demo" / "random_selection.pt")
     assert start.spec == syn.spec and len(start) == 16
 
