@@ -52,7 +52,7 @@ class DemoConfig:
     # equal share of what is left and stops early (saving; the table shows the steps done) when it
     # runs out, so the demo's length is bounded on a slow or busy machine too
     outer_steps: int = option(400, "outer steps per objective (at most 3 with --quick)", type=POS)
-    max_minutes: float = option(11.0, "wall-clock budget of the three distillations with their evaluations",
+    max_minutes: float = option(10.0, "wall-clock budget of the three distillations with their evaluations",
                                 type=positive_float)
     precision: str = option("bf16", "fused matrix products (bf16: bfloat16 operands, float32 accumulation)",
                             choices=PRECISIONS)
